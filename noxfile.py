@@ -1,0 +1,133 @@
+"""Nox sessions for forkpool.
+
+``nox`` runs the default sessions; ``nox -l`` lists them:
+
+- ``tests-3.10`` .. ``tests-3.13``: pytest on each supported Python. A Python that
+  cannot be found is skipped, not failed. Set ``FORKPOOL_TEST_REDIS_URL`` (e.g.
+  ``redis://127.0.0.1:6379/15``) to test against a running server; without it the
+  tests start an embedded one. Arguments after ``--`` go to pytest.
+- ``lint``: ``ruff check`` and ``ruff format --check``.
+- ``typecheck``: ``mypy --strict`` on the package, and on ``tests/typing`` if present.
+- ``examples``: runs every ``examples/*.py``, each under a time limit.
+
+Interpreters installed by pyenv are found even when pyenv's shims are not active.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2025.10.14"  # nox.options.download_python
+nox.options.error_on_missing_interpreters = False  # nox defaults to True when CI is set
+nox.options.download_python = "never"  # no interpreter downloads: a missing Python is skipped
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests", "lint", "typecheck", "examples"]
+
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+EXAMPLE_TIMEOUT = "120"  # seconds, per example script
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+
+
+def _pyenv_root() -> Path | None:
+    if root := os.environ.get("PYENV_ROOT"):
+        return Path(root)
+    if pyenv := shutil.which("pyenv"):
+        out = subprocess.run(  # noqa: S603 - runs the pyenv found on PATH, fixed arguments
+            [pyenv, "root"], capture_output=True, text=True, check=False
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return Path(out.stdout.strip())
+    default = Path.home() / ".pyenv"
+    return default if default.is_dir() else None
+
+
+def _version_key(bin_dir: Path) -> list[int]:
+    return [int(n) for n in re.findall(r"\d+", bin_dir.parent.name)]
+
+
+def _pyenv_bin_dir(root: Path, version: str) -> Path | None:
+    """Return the bin dir of the newest pyenv install of ``version`` (e.g. "3.12")."""
+    versions = root / "versions"
+    if not versions.is_dir():
+        return None
+    candidates = [
+        d / "bin"
+        for d in versions.iterdir()
+        if d.name.startswith(f"{version}.") and (d / "bin" / f"python{version}").is_file()
+    ]
+    return max(candidates, key=_version_key, default=None)
+
+
+def _find_interpreters() -> list[str]:
+    """Make each supported Python findable by nox; return those that are.
+
+    A real ``pythonX.Y`` already on PATH is used as is. pyenv's shims are not real:
+    they fail unless that version is active, so pyenv's own bin dirs go first on PATH.
+    """
+    found: list[str] = []
+    prepend: list[str] = []
+    root = _pyenv_root()
+    for version in PYTHONS:
+        on_path = shutil.which(f"python{version}")
+        if on_path and "shims" not in Path(on_path).parts:
+            found.append(version)
+        elif root and (bin_dir := _pyenv_bin_dir(root, version)):
+            prepend.append(str(bin_dir))
+            found.append(version)
+    if prepend:
+        os.environ["PATH"] = os.pathsep.join([*prepend, os.environ.get("PATH", "")])
+    return found
+
+
+AVAILABLE = _find_interpreters()
+# Single-interpreter sessions use the newest supported Python found, else nox's own.
+NEWEST = AVAILABLE[-1] if AVAILABLE else None
+
+
+def _group(name: str) -> tuple[str, ...]:
+    return nox.project.dependency_groups(PYPROJECT, name)
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """Run the test suite. No tests collected (pytest exit code 5) is a failure."""
+    session.install("-e", ".", *_group("test"))
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=NEWEST)
+def lint(session: nox.Session) -> None:
+    """Check lint and formatting with ruff."""
+    session.install(*_group("lint"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=NEWEST)
+def typecheck(session: nox.Session) -> None:
+    """Type-check the package (and tests/typing, if present) with mypy --strict."""
+    session.install("-e", ".", *_group("typecheck"))
+    session.run("mypy", "--strict", "forkpool")
+    if Path("tests/typing").is_dir():
+        session.run("mypy", "--strict", "tests/typing")
+
+
+@nox.session(python=NEWEST)
+def examples(session: nox.Session) -> None:
+    """Run every examples/*.py script; having none is a failure."""
+    scripts = sorted(Path("examples").glob("*.py"))
+    if not scripts:
+        session.error("no examples/*.py scripts found; the examples session must run something")
+    session.install("-e", ".[embedded]")
+    python = str(Path(session.bin) / "python")
+    for script in scripts:
+        session.run(
+            "timeout", "--kill-after=10", EXAMPLE_TIMEOUT, python, str(script), external=True
+        )

@@ -1,0 +1,148 @@
+"""The exceptions forkpool raises, all importable from ``forkpool``."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal as _signal
+import sys
+from concurrent.futures.process import BrokenProcessPool
+
+# On 3.10 concurrent.futures has its own TimeoutError; from 3.11 it is the builtin.
+# TaskTimeoutError derives from both so ``except TimeoutError`` works however it is spelled.
+_TIMEOUT_BASES: tuple[type[BaseException], ...] = (
+    (TimeoutError,)
+    if sys.version_info >= (3, 11)
+    else (TimeoutError, concurrent.futures.TimeoutError)
+)
+
+# Signals whose bare name tells an operator little; the hint says what usually sends them.
+_SIGNAL_HINTS: dict[int, str] = {
+    _signal.SIGKILL: "possibly the OOM killer",
+    _signal.SIGSEGV: "segmentation fault",
+    _signal.SIGBUS: "bus error",
+    _signal.SIGABRT: "aborted",
+    _signal.SIGILL: "illegal instruction",
+    _signal.SIGFPE: "floating-point exception",
+}
+
+
+def signal_name(signum: int) -> str:
+    """Return ``SIGKILL`` for 9, and a stable fallback for signals Python does not name."""
+    try:
+        return _signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class ForkPoolError(Exception):
+    """Base class of every error forkpool raises itself."""
+
+
+class TaskTimeoutError(ForkPoolError, *_TIMEOUT_BASES):  # type: ignore[misc]
+    """The task outlived its timeout and its process group was stopped.
+
+    Attributes:
+        pid: The child that ran the task.
+        timeout: The timeout, in seconds, that the task exceeded.
+    """
+
+    def __init__(self, pid: int, timeout: float) -> None:
+        # OSError (TimeoutError's base) reads a 2-tuple of args as (errno, strerror);
+        # pass exactly one argument so str() is the message.
+        super().__init__(
+            f"task in child {pid} exceeded its timeout of {timeout:g}s and was stopped"
+        )
+        self.pid = pid
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[type[TaskTimeoutError], tuple[int, float]]:
+        return (type(self), (self.pid, self.timeout))
+
+
+class ChildDiedError(ForkPoolError, BrokenProcessPool):
+    """The child exited without sending a result (``os._exit``, a signal, the OOM killer).
+
+    It is also a :class:`concurrent.futures.process.BrokenProcessPool`, so code written
+    for ProcessPoolExecutor still catches it; unlike there, only this one task failed
+    and the executor keeps working.
+
+    Attributes:
+        pid: The child's process id.
+        exitcode: Its exit status when it exited normally, else None.
+        signal: The number of the signal that killed it, else None.
+    """
+
+    def __init__(
+        self,
+        pid: int,
+        exitcode: int | None,
+        signal: int | None,
+        detail: str = "",
+    ) -> None:
+        super().__init__(_describe_death(pid, exitcode, signal, detail))
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = signal
+        self.detail = detail
+
+    def __reduce__(
+        self,
+    ) -> tuple[type[ChildDiedError], tuple[int, int | None, int | None, str]]:
+        return (type(self), (self.pid, self.exitcode, self.signal, self.detail))
+
+
+def _describe_death(pid: int, exitcode: int | None, signum: int | None, detail: str) -> str:
+    if signum is not None:
+        name = signal_name(signum)
+        hint = _SIGNAL_HINTS.get(signum)
+        message = f"child {pid} was killed by {name}" + (f" ({hint})" if hint else "")
+    elif exitcode is not None:
+        message = f"child {pid} exited with code {exitcode} without sending a result"
+    else:
+        message = f"child {pid} ended without sending a result"
+    return f"{message}: {detail}" if detail else message
+
+
+class ResultNotPicklableError(ForkPoolError):
+    """The task's return value could not be sent back to the parent."""
+
+
+class RemoteTaskError(ForkPoolError):
+    """Stands in for a task exception that could not be sent back as itself.
+
+    Raised when the task's exception (and even a plain instance of its class) fails
+    to pickle or to unpickle. It keeps what an operator needs.
+
+    Attributes:
+        type_name: The qualified name of the original exception's class.
+        message: ``str()`` of the original exception.
+        traceback_text: The child's formatted traceback.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback_text: str) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+
+    def __reduce__(self) -> tuple[type[RemoteTaskError], tuple[str, str, str]]:
+        return (type(self), (self.type_name, self.message, self.traceback_text))
+
+
+class RemoteTraceback(Exception):  # noqa: N818 - named after CPython's _RemoteTraceback
+    """Carries the child's formatted traceback as the ``__cause__`` of a task's exception."""
+
+    def __init__(self, traceback_text: str) -> None:
+        super().__init__(traceback_text)
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.traceback_text}"""'
+
+
+def platform_error() -> ForkPoolError:
+    """Return the error for a platform that cannot fork."""
+    return ForkPoolError(
+        f"forkpool needs os.fork(), which {sys.platform!r} does not provide; "
+        "use concurrent.futures.ProcessPoolExecutor there"
+    )

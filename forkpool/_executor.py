@@ -1,0 +1,404 @@
+"""ForkPerTaskExecutor: a concurrent.futures executor that forks one child per task.
+
+Data flow::
+
+    caller threads                      supervisor thread (one per executor)
+    --------------                      ------------------------------------
+    submit(fn, *args) --> WorkItem --> pending deque --+
+    future.cancel() ----> command deque ---------------+--> wake-up pipe
+    shutdown() ---------> flag ------------------------+         |
+                                                                  v
+                                        selector.select(timeout = nearest deadline)
+                                           |            |              |
+                                      wake-up pipe  result pipes     pidfds
+                                           |            |              |
+                                       dispatch:    read frames    reap (wait4),
+                                       hooks, fork  as they        settle the
+                                       (<= max_workers  arrive        future
+                                        children)
+    future.result() <------------------------------------------------+
+
+    child process (one per task, its own process group)
+    ---------------------------------------------------
+    fork -> reset signals, PDEATHSIG -> child_post_fork -> initializer -> fn(*args)
+         -> pickle the result or exception -> one frame on the result pipe -> os._exit
+
+submit() never pickles the callable or its arguments: the child inherits them. Only
+the outcome crosses the pipe. The executor keeps no per-task thread, and the
+supervisor holds the executor only weakly (through a finalizer), so a forgotten
+executor is collected and its children stopped.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import itertools
+import os
+import signal
+import sys
+import threading
+import warnings
+import weakref
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from forkpool._errors import ForkPoolError, platform_error
+from forkpool._future import ForkFuture
+from forkpool._options import (
+    ResolvedOptions,
+    TaskWithOptions,
+    check_kill_grace,
+    check_timeout,
+    options_of,
+    require_callable,
+    resolve,
+)
+from forkpool._supervisor import Hooks, StopReason, Supervisor, SupervisorConfig, WorkItem
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from types import TracebackType
+
+    from typing_extensions import ParamSpec, Self
+
+    P = ParamSpec("P")
+
+T = TypeVar("T")
+
+
+class ForkPerTaskExecutor(Executor):
+    """Runs every task in a freshly forked child process.
+
+    A drop-in for :class:`concurrent.futures.ProcessPoolExecutor`: memory goes back to
+    the OS when each task ends, global state dies with its child, a crash fails one
+    future and never the pool, and callables and arguments are inherited through
+    fork rather than pickled (lambdas, closures, locks and sockets all work).
+
+    Args:
+        max_workers: At most this many children run at once; the rest queue.
+            Defaults to ``os.cpu_count()``.
+        mp_context: Accepted for ProcessPoolExecutor compatibility; must be None or
+            a ``"fork"`` context.
+        initializer: Called in every child, with ``initargs``, before its task.
+        initargs: Arguments for ``initializer``.
+        max_tasks_per_child: Accepted for compatibility; must be None or 1.
+        timeout: Default per-task timeout in seconds (None: no timeout). A task that
+            outlives it has its process group stopped and fails with
+            :class:`TaskTimeoutError`.
+        kill_grace: Seconds between SIGTERM and SIGKILL when a task is stopped.
+        parent_pre_fork: ``(fn, args, kwargs)``, in the supervisor thread, right
+            before fork.
+        parent_post_fork: ``(fn, args, kwargs, pid)``, in the supervisor thread,
+            once the child's pid is known.
+        child_post_fork: ``(fn, args, kwargs)``, inside the child, before the
+            initializer and the task.
+
+    Raises:
+        ForkPoolError: The platform cannot fork.
+        ValueError: An argument is out of range.
+        TypeError: An argument has the wrong type.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        timeout: float | None = None,
+        kill_grace: float = 5.0,
+        parent_pre_fork: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], object]
+        | None = None,
+        parent_post_fork: Callable[
+            [Callable[..., Any], tuple[Any, ...], dict[str, Any], int], object
+        ]
+        | None = None,
+        child_post_fork: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], object]
+        | None = None,
+    ) -> None:
+        if not _can_fork():
+            raise platform_error()
+        self._max_workers = _check_max_workers(max_workers)
+        _check_mp_context(mp_context)
+        if isinstance(max_tasks_per_child, bool) or max_tasks_per_child not in (None, 1):
+            msg = (
+                "max_tasks_per_child must be None or 1 (every task gets a fresh child), "
+                f"got {max_tasks_per_child!r}"
+            )
+            raise ValueError(msg)
+        for name, hook in (
+            ("initializer", initializer),
+            ("parent_pre_fork", parent_pre_fork),
+            ("parent_post_fork", parent_post_fork),
+            ("child_post_fork", child_post_fork),
+        ):
+            if hook is not None:
+                require_callable(hook, f"{name} must be callable or None")
+        _check_tuple(initargs, "initargs")
+        self._defaults = ResolvedOptions(
+            timeout=check_timeout(timeout), kill_grace=check_kill_grace(kill_grace)
+        )
+        self._config = SupervisorConfig(
+            max_workers=self._max_workers,
+            initializer=initializer,
+            initargs=initargs,
+            hooks=Hooks(parent_pre_fork, parent_post_fork, child_post_fork),
+        )
+        self._lock = threading.Lock()
+        self._shutdown = False
+        self._interpreter_exiting = False
+        self._owner_pid = os.getpid()
+        self._supervisor: Supervisor | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._at_exit = functools.partial(_shut_down_at_exit, weakref.ref(self))
+
+    def __repr__(self) -> str:
+        if self._shutdown:
+            state = "shut down"
+        elif self._supervisor is None:
+            state = "idle"
+        else:
+            state = "running"
+        return f"<{type(self).__name__} max_workers={self._max_workers} {state}>"
+
+    @property
+    def max_workers(self) -> int:
+        """The most children that run at once."""
+        return self._max_workers
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> ForkFuture[T]:
+        """Schedule ``fn(*args, **kwargs)`` in a new child process.
+
+        Returns:
+            A :class:`ForkFuture` for the task's outcome.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+            RuntimeError: The executor is shut down, the interpreter is exiting, or
+                this is a forked child of the process that created the executor.
+            ForkPoolError: The supervisor thread failed earlier.
+        """
+        require_callable(fn, "submit() needs a callable as fn")
+        with self._lock:
+            supervisor = self._usable_supervisor()
+            future: ForkFuture[T] = ForkFuture()
+            future._on_cancel = supervisor.cancel  # noqa: SLF001 - our own future
+            item = WorkItem(future, fn, args, kwargs, resolve(fn, self._defaults))
+            supervisor.submit(item)
+        return future
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
+        """Like :func:`map`, with each call (or chunk of calls) in its own child.
+
+        ``chunksize`` calls run one after another in a single child. The iterables
+        are consumed at once; results are yielded in order. If ``timeout`` expires
+        or the iterator is closed early, the tasks not yet done are cancelled, and
+        their children stopped.
+
+        Raises:
+            ValueError: ``chunksize`` is below 1.
+            TimeoutError: A result was not ready within ``timeout`` of this call.
+        """
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            msg = f"chunksize must be an int >= 1, got {chunksize!r}"
+            raise ValueError(msg)
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        run_chunk = TaskWithOptions(functools.partial(_run_chunk, fn), options_of(fn))
+        chunks = super().map(
+            run_chunk, _batched(zip(*iterables, strict=False), chunksize), timeout=timeout
+        )
+        return _flatten(chunks)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks; optionally cancel the queued ones and wait.
+
+        Args:
+            wait: Block until every running and queued task has finished and its
+                child has been reaped.
+            cancel_futures: Cancel the tasks that have not been forked yet.
+        """
+        with self._lock:
+            self._shutdown = True
+            supervisor = self._supervisor
+        if supervisor is None:
+            return
+        if cancel_futures:
+            supervisor.cancel_pending()
+        supervisor.begin_shutdown()
+        self._forget_cleanups()
+        if wait:
+            self._join(supervisor)
+
+    def terminate_workers(self) -> None:
+        """Send SIGTERM to every running child's process group, then shut down.
+
+        Queued tasks are cancelled; running ones fail with :class:`ChildDiedError`
+        naming the signal. A child still alive after ``kill_grace`` gets SIGKILL.
+        Does not wait; call ``shutdown()`` to wait for the children to be reaped.
+        """
+        self._stop_workers(signal.SIGTERM)
+
+    def kill_workers(self) -> None:
+        """Send SIGKILL to every running child's process group, then shut down.
+
+        Like :meth:`terminate_workers`, without the grace period.
+        """
+        self._stop_workers(signal.SIGKILL)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # The user pressed Ctrl-C: the children have no reason to run on.
+            self._interrupt()
+        self.shutdown(wait=True)
+
+    def __del__(self) -> None:
+        # The finalizer (see _start) stops the children; this only says so.
+        supervisor = getattr(self, "_supervisor", None)
+        if supervisor is not None and not self._shutdown and supervisor.alive:
+            warnings.warn(
+                f"{type(self).__name__} was garbage-collected without shutdown(); "
+                "its running children are being stopped and queued tasks cancelled",
+                ResourceWarning,
+                stacklevel=2,
+            )
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _usable_supervisor(self) -> Supervisor:
+        """Return the running supervisor, starting it on first use (lock held)."""
+        supervisor = self._supervisor
+        if supervisor is not None and supervisor.failure is not None:
+            msg = "the executor's supervisor thread failed; no new tasks can run"
+            raise ForkPoolError(msg) from supervisor.failure
+        if self._shutdown:
+            msg = "cannot schedule new futures after shutdown"
+            raise RuntimeError(msg)
+        if self._interpreter_exiting or sys.is_finalizing():
+            msg = "cannot schedule new futures after interpreter shutdown"
+            raise RuntimeError(msg)
+        if os.getpid() != self._owner_pid:
+            msg = (
+                f"this executor belongs to process {self._owner_pid}; a forked child "
+                f"({os.getpid()}) must create its own"
+            )
+            raise RuntimeError(msg)
+        if supervisor is None:
+            supervisor = self._supervisor = Supervisor(self._config)
+            supervisor.start()
+            self._finalizer = weakref.finalize(self, supervisor.abandon)
+            self._finalizer.atexit = False
+            atexit.register(self._at_exit)
+        return supervisor
+
+    def _stop_workers(self, signum: int) -> None:
+        with self._lock:
+            self._shutdown = True
+            supervisor = self._supervisor
+        if supervisor is None:
+            return
+        supervisor.cancel_pending()
+        supervisor.stop_all(signum, StopReason.TERMINATED)
+        supervisor.begin_shutdown()
+        self._forget_cleanups()
+
+    def _interrupt(self) -> None:
+        with self._lock:
+            self._shutdown = True
+            supervisor = self._supervisor
+        if supervisor is not None:
+            supervisor.cancel_pending()
+            supervisor.stop_all(signal.SIGTERM, StopReason.INTERRUPTED)
+
+    def _join(self, supervisor: Supervisor) -> None:
+        try:
+            supervisor.join()
+        except KeyboardInterrupt:
+            # Ctrl-C while waiting: stop the children, wait for their reaping
+            # (bounded by kill_grace), and let the interrupt go on.
+            self._interrupt()
+            supervisor.join()
+            raise
+
+    def _forget_cleanups(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        atexit.unregister(self._at_exit)
+
+
+def _shut_down_at_exit(executor_ref: weakref.ref[ForkPerTaskExecutor]) -> None:
+    """At interpreter exit: finish the work like the stdlib, unless Ctrl-C ended it."""
+    executor = executor_ref()
+    if executor is None:
+        return
+    executor._interpreter_exiting = True  # noqa: SLF001
+    if isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
+        executor._interrupt()  # noqa: SLF001
+    executor.shutdown(wait=True)
+
+
+def _check_tuple(value: object, name: str) -> None:
+    if not isinstance(value, tuple):
+        msg = f"{name} must be a tuple, got {type(value).__name__}"
+        raise TypeError(msg)
+
+
+def _can_fork() -> bool:
+    return hasattr(os, "fork")
+
+
+def _check_max_workers(max_workers: object) -> int:
+    if max_workers is None:
+        return os.cpu_count() or 1
+    if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+        msg = f"max_workers must be an int or None, got {type(max_workers).__name__}"
+        raise TypeError(msg)
+    if max_workers <= 0:
+        msg = f"max_workers must be greater than 0, got {max_workers}"
+        raise ValueError(msg)
+    return max_workers
+
+
+def _check_mp_context(mp_context: object) -> None:
+    if mp_context is None:
+        return
+    get_start_method = getattr(mp_context, "get_start_method", None)
+    method = get_start_method(allow_none=False) if callable(get_start_method) else None
+    if method != "fork":
+        msg = (
+            "mp_context must be None or a 'fork' context: every task is forked from "
+            f"the parent; got {mp_context!r} (start method {method!r})"
+        )
+        raise ValueError(msg)
+
+
+def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list[T]:
+    return [fn(*args) for args in chunk]
+
+
+def _batched(iterable: Iterable[T], size: int) -> Iterator[tuple[T, ...]]:
+    iterator = iter(iterable)
+    while batch := tuple(itertools.islice(iterator, size)):
+        yield batch
+
+
+def _flatten(chunks: Iterator[list[T]]) -> Iterator[T]:
+    for chunk in chunks:
+        yield from chunk

@@ -1,0 +1,330 @@
+"""Forking one child for one task, and everything the child does until ``os._exit``.
+
+Some facts about fork, each of which shaped this module:
+
+* Only the forking thread exists in the child. Every lock another thread held at
+  that instant stays held forever in the child. The logging module re-initializes
+  its own locks after fork, but a buffered stream's internal lock is not, so a
+  thread printing while we fork would leave ``sys.stdout`` dead in the child. We
+  therefore take logging's module lock and every handler's lock (bounded waits,
+  module lock first, the order logging itself uses) across the fork, and the child
+  replaces the standard streams with fresh objects on the same descriptors.
+* Buffered output is copied into the child. The parent flushes stdout/stderr
+  right before forking, and the child drops whatever a racing thread buffered in
+  between, so nothing is printed twice.
+* A child must never return into the parent's stack or run its atexit handlers:
+  every path out of :func:`_run_child` is ``os._exit``.
+* ``PR_SET_PDEATHSIG`` fires when the *thread* that forked exits, not the process.
+  Only the supervisor thread forks, and it outlives all its children. The parent may
+  die between fork and prctl, so the child re-checks ``getppid()`` afterwards.
+* Signal handlers are inherited. A web server's graceful-shutdown handler must not
+  run in a task, so the child resets every Python-level handler (and SIGINT, SIGTERM,
+  SIGCHLD) to the default. Catchable signals stay blocked from just before fork until
+  that reset, so a SIGTERM sent early can never reach a parent's handler in the child.
+  An inherited ``signal.set_wakeup_fd`` (asyncio sets one) is cleared too.
+* Each child leads its own process group, so one ``killpg`` reaches the grandchildren
+  it starts, and a Ctrl-C at the terminal reaches the parent only.
+* Python 3.12+ warns when a multi-threaded process forks. Forking from a dedicated
+  thread, with the precautions above, is this module's purpose; the filter below
+  silences exactly that warning when attributed to this module and nothing else.
+  (``warnings.catch_warnings`` around the call would be the obvious tool, but before
+  Python 3.14 it swaps process-global state and races with other threads.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import io
+import logging
+import os
+import signal
+import sys
+import time
+import warnings
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import attrs
+
+from forkpool import _linux
+from forkpool._wire import Kind, encode_exception, encode_result, write_frame
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+
+warnings.filterwarnings(
+    "ignore",
+    message=r"This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead to deadlocks",
+    category=DeprecationWarning,
+    module=r"forkpool\._fork\Z",
+)
+
+# How long to wait for logging locks before forking anyway. A handler stuck for
+# longer is stuck for reasons forking cannot fix; the child then re-creates stdio.
+_LOCK_WAIT = 0.5
+
+# Exit status of a child that could not report its outcome (EX_SOFTWARE).
+EXIT_UNREPORTED = 70
+# Exit status of a child whose parent died before it could start the task.
+EXIT_ORPHANED = 71
+
+_ALWAYS_RESET: frozenset[int] = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGCHLD})
+_CATCHABLE: frozenset[int] = frozenset(
+    int(signum)
+    for signum in signal.valid_signals()
+    if signum not in {signal.SIGKILL, signal.SIGSTOP}
+)
+
+
+@attrs.frozen
+class ChildTask:
+    """What a child runs: hooks, initializer, then the task itself."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    initializer: Callable[..., object] | None = None
+    initargs: tuple[Any, ...] = ()
+    child_post_fork: Callable[..., object] | None = None
+
+
+@attrs.define
+class Forker:
+    """Forks children; keeps what can be prepared once instead of in every child.
+
+    The spare standard streams are built in the parent and never used there, so
+    each child gets fresh objects (free locks) without allocating them itself:
+    every page a child touches is a copy-on-write fault, and faults are most of
+    what a child costs beyond fork itself.
+    """
+
+    _spares: _SpareStdio | None = None
+
+    def fork(self, task: ChildTask, write_fd: int, close_in_child: Iterable[int]) -> int:
+        """Fork a child that runs ``task`` and reports on ``write_fd``; return its pid.
+
+        Must be called from the supervisor thread (see the PDEATHSIG fact above).
+
+        Raises:
+            OSError: fork() failed (EAGAIN when out of processes, ENOMEM).
+        """
+        parent_pid = os.getpid()
+        _flush_stdio()
+        spares = self._spare_stdio()
+        handled = _signals_to_reset()
+        with _quiet_logging() as handlers, _signals_blocked(handled) as previous_mask:
+            pid = os.fork()
+            if pid == 0:
+                child = _ChildSetup(parent_pid, handled, previous_mask, spares, handlers)
+                _run_child(task, write_fd, close_in_child, child)
+        return pid
+
+    def _spare_stdio(self) -> _SpareStdio:
+        spares = self._spares
+        if spares is None or not spares.matches_current():
+            spares = self._spares = _SpareStdio.for_current()
+        return spares
+
+
+@attrs.frozen
+class _SpareStdio:
+    """Unused replacements for sys.stdout/sys.stderr, and the objects they replace."""
+
+    originals: tuple[object, object]
+    settings: tuple[object, object]
+    replacements: tuple[io.TextIOWrapper | None, io.TextIOWrapper | None]
+
+    @classmethod
+    def for_current(cls) -> _SpareStdio:
+        originals = (sys.stdout, sys.stderr)
+        return cls(
+            originals=originals,
+            settings=(_settings(sys.stdout), _settings(sys.stderr)),
+            replacements=(_spare_for(sys.stdout, 1), _spare_for(sys.stderr, 2)),
+        )
+
+    def matches_current(self) -> bool:
+        return (
+            self.originals[0] is sys.stdout
+            and self.originals[1] is sys.stderr
+            and self.settings == (_settings(sys.stdout), _settings(sys.stderr))
+        )
+
+    def install(self, handlers: list[logging.Handler]) -> None:
+        """In the child: swap in the spares, repointing logging handlers too."""
+        for name, old, new in zip(
+            ("stdout", "stderr"), self.originals, self.replacements, strict=True
+        ):
+            if new is None:
+                continue
+            setattr(sys, name, new)
+            if getattr(sys, f"__{name}__", None) is old:
+                setattr(sys, f"__{name}__", new)
+            for handler in handlers:
+                if isinstance(handler, logging.StreamHandler) and handler.stream is old:
+                    handler.stream = new
+
+
+def _settings(stream: object) -> object:
+    return tuple(
+        getattr(stream, attr, None)
+        for attr in ("encoding", "errors", "line_buffering", "write_through")
+    )
+
+
+def _spare_for(stream: object, fd: int) -> io.TextIOWrapper | None:
+    # Streams that are not plain text files on fd 1/2 (a test runner's capture,
+    # say) are left alone.
+    if type(stream) is not io.TextIOWrapper:
+        return None
+    try:
+        if stream.fileno() != fd:
+            return None
+        return io.TextIOWrapper(
+            io.BufferedWriter(io.FileIO(fd, "w", closefd=False)),
+            encoding=stream.encoding,
+            errors=stream.errors,
+            line_buffering=stream.line_buffering,
+            write_through=stream.write_through,
+        )
+    except (OSError, ValueError):
+        return None
+
+
+@attrs.frozen
+class _ChildSetup:
+    """What the parent decided, before fork, for the child to apply after it."""
+
+    parent_pid: int
+    signals_to_reset: frozenset[int]
+    signal_mask: Iterable[int]
+    spares: _SpareStdio
+    handlers: list[logging.Handler]
+
+
+def _run_child(
+    task: ChildTask,
+    write_fd: int,
+    close_in_child: Iterable[int],
+    setup: _ChildSetup,
+) -> NoReturn:
+    status = EXIT_UNREPORTED
+    try:
+        _become_independent(setup)
+        for fd in close_in_child:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        setup.spares.install(setup.handlers)
+        try:
+            if task.child_post_fork is not None:
+                task.child_post_fork(task.fn, task.args, task.kwargs)
+            if task.initializer is not None:
+                task.initializer(*task.initargs)
+            value = task.fn(*task.args, **task.kwargs)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit and friends are outcomes too
+            kind, payload = Kind.RAISED, encode_exception(exc)
+        else:
+            kind, payload = encode_result(value)
+            del value
+        write_frame(write_fd, kind, payload)
+        status = 0
+    except BaseException:  # noqa: BLE001, S110 - nothing may escape a child; the parent sees the status
+        pass
+    finally:
+        _flush_stdio()
+        os._exit(status)
+
+
+def _become_independent(setup: _ChildSetup) -> None:
+    # Objects inherited from the parent are never collected here; keeping the cycle
+    # collector away from them avoids copying their pages for nothing.
+    gc.freeze()
+    os.setpgid(0, 0)
+    for signum in setup.signals_to_reset:
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(signum, signal.SIG_DFL)
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)
+    signal.pthread_sigmask(signal.SIG_SETMASK, setup.signal_mask)
+    if _linux.set_parent_death_signal(signal.SIGKILL) and os.getppid() != setup.parent_pid:
+        # The parent died before prctl took effect; nobody will read our result.
+        os._exit(EXIT_ORPHANED)
+
+
+def _signals_to_reset() -> frozenset[int]:
+    """Signals whose disposition the child must set back to the default.
+
+    Those with a Python-level handler, and SIGINT, SIGTERM and SIGCHLD if ignored.
+    Decided here in the parent: each ``signal.signal`` call costs the child dozens
+    of copy-on-write page faults, so it resets only what is not already default.
+    """
+    return frozenset(
+        signum
+        for signum in _CATCHABLE
+        if callable(handler := signal.getsignal(signum))
+        or (signum in _ALWAYS_RESET and handler == signal.SIG_IGN)
+    )
+
+
+@contextlib.contextmanager
+def _signals_blocked(signals: frozenset[int]) -> Iterator[Iterable[int]]:
+    # Blocking only the signals that will be reset keeps the returned masks small:
+    # the signal module turns every member of a mask into an enum, per call.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield previous
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[list[logging.Handler]]:
+    """Hold logging's locks across fork so no handler is mid-write at that instant."""
+    deadline = time.monotonic() + _LOCK_WAIT
+    held: list[Any] = []
+    handlers: list[logging.Handler] = []
+    module_lock = getattr(logging, "_lock", None)
+    try:
+        if module_lock is not None and module_lock.acquire(timeout=_LOCK_WAIT):
+            held.append(module_lock)
+            handlers = _all_handlers()
+            for handler in handlers:
+                lock = handler.lock
+                if lock is not None and lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                    held.append(lock)
+        yield handlers
+    finally:
+        # Only the parent gets here; the child leaves through os._exit and logging
+        # re-initializes these locks in it.
+        for lock in reversed(held):
+            lock.release()
+
+
+def _all_handlers() -> list[logging.Handler]:
+    loggers: list[logging.Logger] = [logging.getLogger()]
+    loggers.extend(
+        logger
+        for logger in list(logging.Logger.manager.loggerDict.values())
+        if isinstance(logger, logging.Logger)
+    )
+    seen: dict[int, logging.Handler] = {}
+    for logger in loggers:
+        for handler in logger.handlers:
+            seen.setdefault(id(handler), handler)
+    return list(seen.values())
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
+
+
+def describe_status(status: int) -> tuple[int | None, int | None]:
+    """Split a wait status into (exit code, signal number); one of them is None."""
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status), None
+    return None, None

@@ -1,0 +1,99 @@
+"""ForkFuture: a concurrent.futures.Future whose cancel() also stops a running child."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from concurrent.futures._base import (
+    CANCELLED,
+    CANCELLED_AND_NOTIFIED,
+    FINISHED,
+    PENDING,
+    RUNNING,
+)
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+T = TypeVar("T")
+
+
+class ForkFuture(Future[T]):
+    """The result of one task that runs in its own forked child.
+
+    It is a :class:`concurrent.futures.Future`, so ``wait``, ``as_completed``,
+    ``asyncio.wrap_future`` and ``loop.run_in_executor`` accept it. One deliberate
+    difference from ProcessPoolExecutor's futures: :meth:`cancel` on a *running*
+    task stops its child (the whole process group) and returns True.
+
+    Attributes:
+        pid: The child's process id, None until the task has been forked.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pid: int | None = None
+        # Set by the executor: asks its supervisor to drop or stop this task.
+        self._on_cancel: Callable[[ForkFuture[T]], None] | None = None
+
+    def __repr__(self) -> str:
+        # Future's internals (_state, _condition, ...) are read and written here as
+        # CPython's own executors do: a subclass has no other way to add a state
+        # transition, and they have been stable from 3.8 through 3.13.
+        with self._condition:
+            state = self._state
+        where = f" pid={self.pid}" if self.pid is not None else ""
+        return f"<{type(self).__name__} at {id(self):#x} state={state.lower()}{where}>"
+
+    def cancel(self) -> bool:
+        """Cancel the task; if it is already running, stop its child.
+
+        Returns:
+            False if the task already finished, else True. A running task's child is
+            sent SIGTERM, then SIGKILL after the kill grace; the future is cancelled
+            at once and never receives that child's outcome.
+        """
+        with self._condition:
+            if self._state == FINISHED:
+                return False
+            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                return True
+            # Skip the plain CANCELLED state: our supervisor never calls
+            # set_running_or_notify_cancel(), so waiters must be told now, or
+            # concurrent.futures.wait() would hang on a cancelled pending future.
+            self._state = CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+            on_cancel, self._on_cancel = self._on_cancel, None
+        Future._invoke_callbacks(self)  # type: ignore[attr-defined]  # noqa: SLF001
+        if on_cancel is not None:
+            on_cancel(self)
+        return True
+
+    def _start_running(self) -> bool:
+        """Move PENDING to RUNNING; False if the future was cancelled meanwhile."""
+        with self._condition:
+            if self._state != PENDING:
+                return False
+            self._state = RUNNING
+            return True
+
+    def _resolve(self, result: object = None, exception: BaseException | None = None) -> None:
+        """Set the outcome unless the future was cancelled (or resolved) meanwhile."""
+        with self._condition:
+            if self._state != RUNNING:
+                return
+            self._on_cancel = None
+            if exception is not None:
+                self._exception = exception
+            else:
+                self._result = result  # type: ignore[assignment]
+            self._state = FINISHED
+            for waiter in self._waiters:
+                if exception is not None:
+                    waiter.add_exception(self)
+                else:
+                    waiter.add_result(self)
+            self._condition.notify_all()
+        Future._invoke_callbacks(self)  # type: ignore[attr-defined]  # noqa: SLF001

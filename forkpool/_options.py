@@ -1,0 +1,196 @@
+"""Per-callable settings: ``forkpool.options(timeout=..., kill_grace=...)``.
+
+``options`` never mutates the callable it is given. It returns a thin wrapper that
+carries the settings, so ``options(timeout=5)(fn)`` at a call site leaves ``fn``
+untouched for every other call, and ``@options(timeout=30)`` at a definition makes
+the wrapper itself the module-level name. Wrapping a wrapper merges the settings,
+outer over inner, which gives the documented precedence: call site > definition >
+executor.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import math
+import sys
+from typing import TYPE_CHECKING, Any, Final, Generic, ParamSpec, TypeVar, cast, final
+
+import attrs
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _Unset(enum.Enum):
+    UNSET = enum.auto()
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset.UNSET
+"""Marks a setting that was not given, as distinct from an explicit None."""
+
+
+def require_callable(value: object, message: str) -> None:
+    """Raise TypeError naming the type of ``value`` if it is not callable."""
+    if not callable(value):
+        msg = f"{message}, got {type(value).__name__}"
+        raise TypeError(msg)
+
+
+def check_timeout(value: object, name: str = "timeout") -> float | None:
+    """Validate a timeout: None, or a finite number > 0."""
+    if value is None:
+        return None
+    number = _as_number(value, name)
+    if not math.isfinite(number) or number <= 0:
+        msg = f"{name} must be None or a finite number of seconds > 0, got {value!r}"
+        raise ValueError(msg)
+    return number
+
+
+def check_kill_grace(value: object, name: str = "kill_grace") -> float:
+    """Validate a kill grace: a finite number >= 0."""
+    number = _as_number(value, name)
+    if not math.isfinite(number) or number < 0:
+        msg = f"{name} must be a finite number of seconds >= 0, got {value!r}"
+        raise ValueError(msg)
+    return number
+
+
+def _as_number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        msg = f"{name} must be a number of seconds, got {type(value).__name__}"
+        raise TypeError(msg)
+    return float(value)
+
+
+@attrs.frozen
+class TaskOptions:
+    """Settings for one callable; fields left ``UNSET`` defer to the next level."""
+
+    timeout: float | _Unset | None = UNSET
+    kill_grace: float | _Unset = UNSET
+
+    def over(self, base: TaskOptions) -> TaskOptions:
+        """Return these options with unset fields taken from ``base``."""
+        return TaskOptions(
+            timeout=base.timeout if self.timeout is UNSET else self.timeout,
+            kill_grace=base.kill_grace if self.kill_grace is UNSET else self.kill_grace,
+        )
+
+
+@attrs.frozen
+class ResolvedOptions:
+    """The settings a task actually runs with, every field decided."""
+
+    timeout: float | None
+    kill_grace: float
+
+
+def resolve(fn: object, defaults: ResolvedOptions) -> ResolvedOptions:
+    """Merge the options carried by ``fn`` over the executor's defaults."""
+    merged = options_of(fn)
+    return ResolvedOptions(
+        timeout=defaults.timeout if merged.timeout is UNSET else merged.timeout,
+        kill_grace=defaults.kill_grace if merged.kill_grace is UNSET else merged.kill_grace,
+    )
+
+
+def options_of(fn: object) -> TaskOptions:
+    """Return the options a callable carries (all unset for a plain callable)."""
+    if isinstance(fn, TaskWithOptions):
+        return fn.options
+    return TaskOptions()
+
+
+def unwrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Return the user's callable under any options wrappers and partials."""
+    while True:
+        if isinstance(fn, TaskWithOptions):
+            fn = fn.wrapped
+        elif isinstance(fn, functools.partial):
+            fn = fn.func
+        else:
+            return fn
+
+
+@final
+class TaskWithOptions(Generic[P, R]):
+    """A callable plus its forkpool options; calling it calls the wrapped callable."""
+
+    __slots__ = ("__dict__", "options", "wrapped")
+
+    def __init__(self, wrapped: Callable[P, R], options: TaskOptions) -> None:
+        self.wrapped = wrapped
+        self.options = options
+        functools.update_wrapper(self, wrapped)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.wrapped(*args, **kwargs)
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        # Decorating a method must still bind ``self``.
+        if instance is None:
+            return self
+        bound = functools.partial(cast("Callable[..., Any]", self.wrapped), instance)
+        return TaskWithOptions(bound, self.options)
+
+    def __repr__(self) -> str:
+        return f"<forkpool options {self.options!r} for {self.wrapped!r}>"
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        # At a definition (``@options(...) def f``) this wrapper *is* the module's ``f``:
+        # pickle it by reference, as pickle would the function. Elsewhere pickle parts.
+        module = sys.modules.get(getattr(self, "__module__", ""))
+        qualname = getattr(self, "__qualname__", "")
+        if module is not None and "." not in qualname and getattr(module, qualname, None) is self:
+            return qualname
+        return (TaskWithOptions, (self.wrapped, self.options))
+
+
+def options(
+    *,
+    timeout: float | _Unset | None = UNSET,
+    kill_grace: float | _Unset = UNSET,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Attach per-callable settings, as a decorator or at a call site.
+
+    Args:
+        timeout: Seconds the task may run before its process group is stopped;
+            None means no timeout. Overrides the executor's ``timeout``.
+        kill_grace: Seconds between SIGTERM and SIGKILL when the task is stopped.
+
+    Returns:
+        A function that wraps a callable with these settings, leaving it unchanged.
+
+    Raises:
+        ValueError: A setting is out of range.
+        TypeError: A setting is not a number.
+
+    Example::
+
+        @forkpool.options(timeout=30)
+        def build_report(account_id): ...
+
+        executor.submit(forkpool.options(timeout=5)(build_report), 42)
+    """
+    given = TaskOptions(
+        timeout=timeout if timeout is UNSET else check_timeout(timeout),
+        kill_grace=kill_grace if kill_grace is UNSET else check_kill_grace(kill_grace),
+    )
+
+    def apply(fn: Callable[P, R]) -> Callable[P, R]:
+        require_callable(fn, "forkpool.options(...) must wrap a callable")
+        if isinstance(fn, TaskWithOptions):
+            # Wrap the wrapper (not its inner function): a decorated module-level
+            # function pickles by name only through the wrapper that owns the name.
+            return TaskWithOptions(fn, given.over(fn.options))
+        return TaskWithOptions(fn, given)
+
+    return apply

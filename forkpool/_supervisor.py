@@ -1,0 +1,516 @@
+"""The supervisor: one thread per executor that forks, reads, reaps and resolves.
+
+It blocks in a selector on three kinds of descriptor: its wake-up pipe (submit,
+cancel, shutdown), each child's result pipe (read as data arrives, so a child
+writing a large result never blocks on a full pipe), and each child's pidfd (which
+becomes readable when the child exits). The selector's timeout is the nearest task
+deadline or SIGKILL escalation, so there is no polling loop -- except on kernels
+without pidfd (Linux < 5.3), where exits are peeked every 50 ms.
+
+Only this thread signals or reaps children. A child that has not been reaped still
+owns its pid and its process group id (even as a zombie), so every ``killpg`` here
+reaches the group we created and never a stranger that inherited a recycled pid.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import logging
+import os
+import selectors
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from forkpool import _fork, _linux, _wire
+from forkpool._errors import ChildDiedError, ForkPoolError, TaskTimeoutError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from forkpool._future import ForkFuture
+    from forkpool._options import ResolvedOptions
+
+logger = logging.getLogger("forkpool")
+
+# Without pidfds, how often running children are checked for an exit.
+_EXIT_POLL_INTERVAL: Final = 0.05
+
+
+class StopReason(enum.Enum):
+    """Why the supervisor stopped a child before it finished by itself."""
+
+    TIMEOUT = "its timeout expired"
+    CANCELLED = "its future was cancelled"
+    TERMINATED = "stopped by terminate_workers() or kill_workers()"
+    INTERRUPTED = "stopped after a KeyboardInterrupt in the parent"
+    ABANDONED = "its executor was garbage-collected without shutdown()"
+    HOOK_FAILED = "parent_post_fork raised"
+    CORRUPT = "it sent a corrupt result stream"
+
+
+@attrs.frozen
+class Hooks:
+    """The user's fork hooks (each may be None)."""
+
+    parent_pre_fork: Callable[..., object] | None = None
+    parent_post_fork: Callable[..., object] | None = None
+    child_post_fork: Callable[..., object] | None = None
+
+
+@attrs.frozen
+class SupervisorConfig:
+    """What a supervisor needs from its executor; it holds nothing else of it."""
+
+    max_workers: int
+    initializer: Callable[..., object] | None
+    initargs: tuple[Any, ...]
+    hooks: Hooks
+
+
+@attrs.define(eq=False)
+class WorkItem:
+    """A submitted task waiting for a free slot."""
+
+    future: ForkFuture[Any]
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: ResolvedOptions
+
+
+@attrs.define(eq=False)
+class Child:
+    """A forked child, from fork until it is reaped."""
+
+    pid: int
+    future: ForkFuture[Any]
+    options: ResolvedOptions
+    read_fd: int | None
+    pidfd: int | None
+    started: float
+    deadline: float | None
+    reader: _wire.FrameReader = attrs.field(factory=_wire.FrameReader)
+    outcome: _wire.Frame | None = None
+    exited: bool = False
+    stop_reason: StopReason | None = None
+    stop_error: BaseException | None = None
+    outcome_before_stop: bool = False
+    kill_at: float | None = None
+
+    def __repr__(self) -> str:
+        state = "exited" if self.exited else "running"
+        if self.stop_reason is not None:
+            state += f", stopping because {self.stop_reason.value}"
+        return f"<forkpool child pid={self.pid} {state}>"
+
+
+@attrs.frozen
+class _Cancel:
+    future: ForkFuture[Any]
+
+
+@attrs.frozen
+class _StopAll:
+    signum: int
+    reason: StopReason
+
+
+class Supervisor:
+    """Runs one executor's children; see the module docstring."""
+
+    def __init__(self, config: SupervisorConfig) -> None:
+        self._config = config
+        self._forker = _fork.Forker()
+        # Filled by submit() in any thread, emptied here; deque ops are atomic.
+        self._pending: collections.deque[WorkItem] = collections.deque()
+        self._commands: collections.deque[_Cancel | _StopAll] = collections.deque()
+        self._children: dict[int, Child] = {}
+        self._by_future: dict[ForkFuture[Any], Child] = {}
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_lock = threading.Lock()
+        self._closed = False
+        self._selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeups)
+        self._shutting_down = False
+        self._abandoned = False
+        self._abandon_handled = False
+        self.failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="forkpool-supervisor", daemon=True)
+
+    # --- called from other threads ---------------------------------------------------
+
+    def start(self) -> None:
+        """Start the supervisor thread."""
+        self._thread.start()
+
+    def submit(self, item: WorkItem) -> None:
+        """Queue a task; it is forked as soon as a slot is free."""
+        self._pending.append(item)
+        self.wake()
+
+    def cancel(self, future: ForkFuture[Any]) -> None:
+        """Stop the child of a cancelled future (a pending one is simply skipped)."""
+        self._commands.append(_Cancel(future))
+        self.wake()
+
+    def stop_all(self, signum: int, reason: StopReason) -> None:
+        """Signal every running child's group; SIGTERM escalates after the grace."""
+        self._commands.append(_StopAll(signum, reason))
+        self.wake()
+
+    def cancel_pending(self) -> None:
+        """Cancel every task that has not been forked yet."""
+        while True:
+            try:
+                item = self._pending.popleft()
+            except IndexError:
+                return
+            item.future.cancel()
+
+    def begin_shutdown(self) -> None:
+        """Finish the queued and running tasks, then exit the thread."""
+        self._shutting_down = True
+        self.wake()
+
+    def abandon(self) -> int:
+        """The executor was dropped without shutdown: stop everything; return how many ran."""
+        running = len(self._children)
+        self._abandoned = True
+        self.wake()
+        return running
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to exit; True if it has."""
+        if self._thread.ident is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        """The thread is running."""
+        return self._thread.is_alive()
+
+    def wake(self) -> None:
+        """Interrupt the selector so the thread looks at its queues."""
+        with self._wake_lock:
+            if self._closed:
+                return
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"\0")
+
+    # --- the thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while self._step():
+                pass
+        except BaseException as exc:
+            self.failure = exc
+            logger.critical("forkpool supervisor failed; failing all tasks", exc_info=True)
+            self._fail_everything(exc)
+        finally:
+            self._close()
+
+    def _step(self) -> bool:
+        self._run_commands()
+        self._dispatch()
+        if self._finished():
+            return False
+        for key, _ in self._selector.select(self._next_timeout()):
+            key.data()
+        self._peek_exits_without_pidfd()
+        self._enforce_deadlines(time.monotonic())
+        return True
+
+    def _finished(self) -> bool:
+        return (self._shutting_down or self._abandoned) and not self._pending and not self._children
+
+    def _drain_wakeups(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 4096):
+                pass
+
+    def _run_commands(self) -> None:
+        if self._abandoned and not self._abandon_handled:
+            self._abandon_handled = True
+            self.cancel_pending()
+            for child in list(self._children.values()):
+                self._stop(child, StopReason.ABANDONED, signal.SIGTERM)
+        while self._commands:
+            command = self._commands.popleft()
+            if isinstance(command, _Cancel):
+                cancelled = self._by_future.get(command.future)
+                if cancelled is not None:
+                    self._stop(cancelled, StopReason.CANCELLED, signal.SIGTERM)
+            else:
+                for child in list(self._children.values()):
+                    self._stop(child, command.reason, command.signum)
+
+    def _dispatch(self) -> None:
+        while self._pending and len(self._children) < self._config.max_workers:
+            item = self._pending.popleft()
+            if item.future._start_running():  # noqa: SLF001 - the future's owner
+                self._launch(item)
+
+    def _launch(self, item: WorkItem) -> None:
+        future, fn, args, kwargs = item.future, item.fn, item.args, item.kwargs
+        hooks = self._config.hooks
+        try:
+            if hooks.parent_pre_fork is not None:
+                hooks.parent_pre_fork(fn, args, kwargs)
+        except BaseException as exc:  # noqa: BLE001 - a hook failure is that task's outcome
+            future._resolve(exception=exc)  # noqa: SLF001
+            return
+        try:
+            read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        except OSError as exc:
+            future._resolve(exception=_with_context(exc, "cannot create the result pipe"))  # noqa: SLF001
+            return
+        task = _fork.ChildTask(
+            fn=fn,
+            args=args,
+            kwargs=kwargs,
+            initializer=self._config.initializer,
+            initargs=self._config.initargs,
+            child_post_fork=hooks.child_post_fork,
+        )
+        try:
+            pid = self._forker.fork(task, write_fd, self._parent_fds(read_fd))
+        except OSError as exc:
+            os.close(read_fd)
+            os.close(write_fd)
+            future._resolve(exception=_with_context(exc, "fork failed"))  # noqa: SLF001
+            return
+        finally:
+            del task
+        os.close(write_fd)
+        child = self._track(pid, item, read_fd)
+        # The supervisor holds the callable and its arguments no longer than needed.
+        item.fn = item.args = item.kwargs = None  # type: ignore[assignment]
+        try:
+            if hooks.parent_post_fork is not None:
+                hooks.parent_post_fork(fn, args, kwargs, pid)
+        except BaseException as exc:  # noqa: BLE001 - a hook failure is that task's outcome
+            self._stop(child, StopReason.HOOK_FAILED, signal.SIGKILL, error=exc)
+
+    def _track(self, pid: int, item: WorkItem, read_fd: int) -> Child:
+        # Both sides call setpgid so the group exists before either relies on it.
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)
+        os.set_blocking(read_fd, False)
+        pidfd = None
+        if _linux.HAS_PIDFD:
+            with contextlib.suppress(OSError):
+                pidfd = os.pidfd_open(pid)
+        now = time.monotonic()
+        timeout = item.options.timeout
+        child = Child(
+            pid=pid,
+            future=item.future,
+            options=item.options,
+            read_fd=read_fd,
+            pidfd=pidfd,
+            started=now,
+            deadline=None if timeout is None else now + timeout,
+        )
+        item.future.pid = pid
+        self._children[pid] = child
+        self._by_future[item.future] = child
+        self._selector.register(read_fd, selectors.EVENT_READ, lambda: self._read(child))
+        if pidfd is not None:
+            self._selector.register(pidfd, selectors.EVENT_READ, lambda: self._reap(child))
+        logger.debug("forked child %d for %r", pid, item.fn)
+        return child
+
+    def _parent_fds(self, read_fd: int) -> list[int]:
+        """Descriptors of the supervisor that a new child must close."""
+        fds = [self._wake_r, self._wake_w, read_fd]
+        selector_fd = getattr(self._selector, "fileno", None)
+        if selector_fd is not None:
+            fds.append(selector_fd())
+        for child in self._children.values():
+            fds.extend(fd for fd in (child.read_fd, child.pidfd) if fd is not None)
+        return fds
+
+    def _read(self, child: Child) -> None:
+        if child.read_fd is None:
+            return
+        try:
+            frames = child.reader.read(child.read_fd)
+        except (_wire.FrameError, OSError) as exc:
+            self._close_pipe(child)
+            self._stop(child, StopReason.CORRUPT, signal.SIGKILL, error=exc)
+            return
+        for frame in frames:
+            if child.outcome is not None:
+                self._close_pipe(child)
+                error = _wire.FrameError("a second outcome frame after the first")
+                self._stop(child, StopReason.CORRUPT, signal.SIGKILL, error=error)
+                return
+            child.outcome = frame
+        if child.reader.eof:
+            self._close_pipe(child)
+
+    def _close_pipe(self, child: Child) -> None:
+        if child.read_fd is not None:
+            self._selector.unregister(child.read_fd)
+            os.close(child.read_fd)
+            child.read_fd = None
+
+    def _reap(self, child: Child) -> None:
+        child.exited = True
+        # Everything the child wrote is in the pipe by now. Read it without waiting
+        # for EOF: a grandchild may hold a copy of the write end.
+        self._read(child)
+        self._close_pipe(child)
+        # Whatever is left in the group outlived its task. The zombie leader still
+        # pins the group id, so this reaches only the task's own descendants.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+        _, status, _rusage = os.wait4(child.pid, 0)
+        if child.pidfd is not None:
+            self._selector.unregister(child.pidfd)
+            os.close(child.pidfd)
+            child.pidfd = None
+        del self._children[child.pid]
+        self._by_future.pop(child.future, None)
+        exitcode, signum = _fork.describe_status(status)
+        logger.debug("child %d ended (exit code %s, signal %s)", child.pid, exitcode, signum)
+        self._settle(child, exitcode, signum)
+
+    def _settle(self, child: Child, exitcode: int | None, signum: int | None) -> None:
+        future, reason, outcome = child.future, child.stop_reason, child.outcome
+        if reason is StopReason.CANCELLED:
+            return
+        if reason is StopReason.HOOK_FAILED and child.stop_error is not None:
+            future._resolve(exception=child.stop_error)  # noqa: SLF001
+            return
+        if outcome is not None and (reason is None or child.outcome_before_stop):
+            self._resolve_outcome(future, outcome)
+            return
+        if reason is StopReason.TIMEOUT:
+            timeout = child.options.timeout or 0.0
+            future._resolve(exception=TaskTimeoutError(child.pid, timeout))  # noqa: SLF001
+            return
+        detail = "" if reason is None else reason.value
+        if reason is StopReason.CORRUPT and child.stop_error is not None:
+            detail = f"{detail} ({child.stop_error})"
+        elif reason is None and child.reader.mid_frame:
+            detail = "its result was cut short"
+        error = ChildDiedError(child.pid, exitcode, signum, detail)
+        future._resolve(exception=error)  # noqa: SLF001
+
+    def _resolve_outcome(self, future: ForkFuture[Any], outcome: _wire.Frame) -> None:
+        try:
+            if outcome.kind is _wire.Kind.RESULT:
+                future._resolve(result=_wire.decode_result(outcome.payload))  # noqa: SLF001
+            else:
+                future._resolve(exception=_wire.decode_exception(outcome.payload))  # noqa: SLF001
+        except Exception as exc:  # noqa: BLE001 - a bad payload fails only its own task
+            future._resolve(exception=exc)  # noqa: SLF001
+
+    def _stop(
+        self,
+        child: Child,
+        reason: StopReason,
+        signum: int,
+        *,
+        error: BaseException | None = None,
+    ) -> None:
+        if child.stop_reason is None:
+            child.stop_reason = reason
+            child.stop_error = error
+            child.outcome_before_stop = child.outcome is not None
+        if child.exited:
+            return
+        grace = child.options.kill_grace
+        if signum == signal.SIGTERM and grace > 0:
+            if child.kill_at is not None:
+                return  # already sent; SIGKILL follows at kill_at
+            self._signal(child, signal.SIGTERM)
+            child.kill_at = time.monotonic() + grace
+        else:
+            self._signal(child, signal.SIGKILL)
+            child.kill_at = None
+
+    def _signal(self, child: Child, signum: int) -> None:
+        # The leader is signalled directly too, in case the task left its group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if child.pidfd is not None:
+                signal.pidfd_send_signal(child.pidfd, signum)
+            else:
+                os.kill(child.pid, signum)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signum)
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for child in list(self._children.values()):
+            if child.exited:
+                continue
+            if child.kill_at is not None and now >= child.kill_at:
+                logger.warning("child %d ignored SIGTERM; sending SIGKILL", child.pid)
+                self._signal(child, signal.SIGKILL)
+                child.kill_at = None
+            elif child.stop_reason is None and child.deadline is not None and now >= child.deadline:
+                self._stop(child, StopReason.TIMEOUT, signal.SIGTERM)
+
+    def _next_timeout(self) -> float | None:
+        wake_at: float | None = None
+        for child in self._children.values():
+            for moment in (child.kill_at, None if child.stop_reason else child.deadline):
+                if moment is not None and (wake_at is None or moment < wake_at):
+                    wake_at = moment
+        timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
+        if any(child.pidfd is None for child in self._children.values()):
+            timeout = _EXIT_POLL_INTERVAL if timeout is None else min(timeout, _EXIT_POLL_INTERVAL)
+        return timeout
+
+    def _peek_exits_without_pidfd(self) -> None:
+        for child in list(self._children.values()):
+            if child.pidfd is None and not child.exited:
+                flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+                if os.waitid(os.P_PID, child.pid, flags) is not None:
+                    self._reap(child)
+
+    # --- the end -----------------------------------------------------------------------
+
+    def _fail_everything(self, cause: BaseException) -> None:
+        error = ForkPoolError(f"forkpool's supervisor thread failed: {cause!r}")
+        error.__cause__ = cause
+        for child in list(self._children.values()):
+            with contextlib.suppress(OSError):
+                os.killpg(child.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(child.pid, 0)
+            child.future._resolve(exception=error)  # noqa: SLF001
+        self._children.clear()
+        self._by_future.clear()
+        while self._pending:
+            future = self._pending.popleft().future
+            if future._start_running():  # noqa: SLF001
+                future._resolve(exception=error)  # noqa: SLF001
+
+    def _close(self) -> None:
+        with self._wake_lock:
+            self._closed = True
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+        for child in list(self._children.values()):
+            for fd in (child.read_fd, child.pidfd):
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+        self._selector.close()
+
+
+def _with_context(exc: OSError, what: str) -> OSError:
+    error = OSError(exc.errno, f"{what}: {exc.strerror}")
+    error.__cause__ = exc
+    return error

@@ -1,0 +1,97 @@
+"""Helpers for the tests: waiting with deadlines, and looking at processes in /proc."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            msg = f"timed out after {timeout}s waiting for {what or predicate}"
+            raise AssertionError(msg)
+        time.sleep(0.01)
+
+
+def proc_state(pid: int) -> str | None:
+    """The process's state letter (R, S, Z, ...), or None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def is_running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    return proc_state(pid) not in (None, "Z")
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> None:
+    """Wait until ``pid`` is gone or a zombie."""
+    wait_for(lambda: not is_running(pid), timeout, f"process {pid} to exit")
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def children(pid: int | None = None) -> list[int]:
+    """Direct children of ``pid`` (default: this process), zombies included."""
+    parent = os.getpid() if pid is None else pid
+    pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    return [candidate for candidate in pids if _ppid(candidate) == parent]
+
+
+def live_children() -> list[int]:
+    """Children of this process that are not zombies."""
+    return [pid for pid in children() if is_running(pid)]
+
+
+def reap_zombies() -> None:
+    """Reap zombie children (orphans adopted by the subreaper, killed grandchildren)."""
+    for pid in children():
+        if proc_state(pid) == "Z":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+
+def run_script(
+    source: str, *, timeout: float = 30, **kwargs: object
+) -> subprocess.CompletedProcess[str]:
+    """Run Python source in a fresh interpreter; return its completed process."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(source)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def start_script(source: str) -> subprocess.Popen[str]:
+    """Start Python source in a fresh interpreter, in its own session, with pipes."""
+    return subprocess.Popen(
+        [sys.executable, "-u", "-c", textwrap.dedent(source)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )

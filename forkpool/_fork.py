@@ -44,6 +44,7 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import _signal  # the C layer of `signal`: same functions, ints instead of enums
 import attrs
 
 from forkpool import _linux
@@ -245,7 +246,7 @@ def _become_independent(setup: _ChildSetup) -> None:
             signal.signal(signum, signal.SIG_DFL)
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)
-    signal.pthread_sigmask(signal.SIG_SETMASK, setup.signal_mask)
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, setup.signal_mask)
     if _linux.set_parent_death_signal(signal.SIGKILL) and os.getppid() != setup.parent_pid:
         # The parent died before prctl took effect; nobody will read our result.
         os._exit(EXIT_ORPHANED)
@@ -258,23 +259,23 @@ def _signals_to_reset() -> frozenset[int]:
     Decided here in the parent: each ``signal.signal`` call costs the child dozens
     of copy-on-write page faults, so it resets only what is not already default.
     """
+    # _signal rather than signal: the wrapper turns every answer into an enum, and
+    # each object that touches is a page the parent faults on after every fork.
     return frozenset(
         signum
         for signum in _CATCHABLE
-        if callable(handler := signal.getsignal(signum))
-        or (signum in _ALWAYS_RESET and handler == signal.SIG_IGN)
+        if callable(handler := _signal.getsignal(signum))
+        or (signum in _ALWAYS_RESET and handler == _signal.SIG_IGN)
     )
 
 
 @contextlib.contextmanager
 def _signals_blocked(signals: frozenset[int]) -> Iterator[Iterable[int]]:
-    # Blocking only the signals that will be reset keeps the returned masks small:
-    # the signal module turns every member of a mask into an enum, per call.
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    previous: set[int] = _signal.pthread_sigmask(_signal.SIG_BLOCK, signals)
     try:
         yield previous
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, previous)
 
 
 @contextlib.contextmanager
@@ -301,6 +302,11 @@ def _quiet_logging() -> Iterator[list[logging.Handler]]:
 
 
 def _all_handlers() -> list[logging.Handler]:
+    # logging keeps a weak list of every handler; reading it touches a few objects,
+    # where walking every logger would touch (and fault on) hundreds.
+    handler_refs = getattr(logging, "_handlerList", None)
+    if handler_refs is not None:
+        return [handler for ref in list(handler_refs) if (handler := ref()) is not None]
     loggers: list[logging.Logger] = [logging.getLogger()]
     loggers.extend(
         logger

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import multiprocessing
 import os
 import socket
@@ -150,7 +151,7 @@ class TestMap:
     def test_map_timeout(self, ex):
         """A map() result not ready in time raises TimeoutError and stops the work."""
         results = ex.map(time.sleep, [30, 30], timeout=0.5)
-        with pytest.raises(TimeoutError):
+        with pytest.raises(concurrent.futures.TimeoutError):
             next(results)
 
     def test_bad_chunksize(self, ex):

@@ -182,6 +182,7 @@ class ForkPerTaskExecutor(Executor):
             ForkPoolError: The supervisor thread failed earlier.
         """
         require_callable(fn, "submit() needs a callable as fn")
+        self._check_owner()
         with self._lock:
             supervisor = self._usable_supervisor()
             future: ForkFuture[T] = ForkFuture()
@@ -282,23 +283,27 @@ class ForkPerTaskExecutor(Executor):
 
     # --- internals ---------------------------------------------------------------------
 
+    def _check_owner(self) -> None:
+        # Checked before taking self._lock: a child forked while another thread of
+        # the parent held that lock inherits it held, forever.
+        if os.getpid() != self._owner_pid:
+            msg = (
+                f"this executor belongs to process {self._owner_pid}; a forked child "
+                f"({os.getpid()}) must create its own"
+            )
+            raise RuntimeError(msg)
+
     def _usable_supervisor(self) -> Supervisor:
         """Return the running supervisor, starting it on first use (lock held)."""
         supervisor = self._supervisor
         if supervisor is not None and supervisor.failure is not None:
             msg = "the executor's supervisor thread failed; no new tasks can run"
             raise ForkPoolError(msg) from supervisor.failure
-        if self._shutdown:
-            msg = "cannot schedule new futures after shutdown"
-            raise RuntimeError(msg)
         if self._interpreter_exiting or sys.is_finalizing():
             msg = "cannot schedule new futures after interpreter shutdown"
             raise RuntimeError(msg)
-        if os.getpid() != self._owner_pid:
-            msg = (
-                f"this executor belongs to process {self._owner_pid}; a forked child "
-                f"({os.getpid()}) must create its own"
-            )
+        if self._shutdown:
+            msg = "cannot schedule new futures after shutdown"
             raise RuntimeError(msg)
         if supervisor is None:
             supervisor = self._supervisor = Supervisor(self._config)

@@ -6,9 +6,12 @@ Some facts about fork, each of which shaped this module:
   that instant stays held forever in the child. The logging module re-initializes
   its own locks after fork, but a buffered stream's internal lock is not, so a
   thread printing while we fork would leave ``sys.stdout`` dead in the child. We
-  therefore take logging's module lock and every handler's lock (bounded waits,
-  module lock first, the order logging itself uses) across the fork, and the child
-  replaces the standard streams with fresh objects on the same descriptors.
+  therefore take logging's module lock and every handler's lock across the fork
+  (module lock first, the order logging itself uses), and the child replaces the
+  standard streams with fresh objects on the same descriptors. The waits are
+  short: under heavy logging a handler's lock is rarely free, and the GIL convoy
+  makes waiting for it cost whole switch intervals. A handler whose lock we did not
+  get is given a fresh stream object in the child instead, which is as safe.
 * Buffered output is copied into the child. The parent flushes stdout/stderr
   right before forking, and the child drops whatever a racing thread buffered in
   between, so nothing is printed twice.
@@ -25,26 +28,29 @@ Some facts about fork, each of which shaped this module:
 * Each child leads its own process group, so one ``killpg`` reaches the grandchildren
   it starts, and a Ctrl-C at the terminal reaches the parent only.
 * Python 3.12+ warns when a multi-threaded process forks. Forking from a dedicated
-  thread, with the precautions above, is this module's purpose; the filter below
-  silences exactly that warning when attributed to this module and nothing else.
-  (``warnings.catch_warnings`` around the call would be the obvious tool, but before
-  Python 3.14 it swaps process-global state and races with other threads.)
+  thread, with the precautions above, is this module's purpose, so a filter for
+  exactly that warning, attributed to this module, sits at the front of
+  ``warnings.filters`` for the duration of our fork call only. It is inserted and
+  removed in place: ``warnings.catch_warnings`` would swap the whole list, which
+  before Python 3.14 races with any other thread doing the same (pytest does, around
+  every test) and can restore the wrong list.
 """
 
 from __future__ import annotations
 
+import _signal  # the C layer of `signal`: same functions, ints instead of enums
 import contextlib
 import gc
 import io
 import logging
 import os
+import re
 import signal
 import sys
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
 
-import _signal  # the C layer of `signal`: same functions, ints instead of enums
 import attrs
 
 from forkpool import _linux
@@ -53,16 +59,18 @@ from forkpool._wire import Kind, encode_exception, encode_result, write_frame
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
-warnings.filterwarnings(
+_FORK_WARNING_FILTER: Final = (
     "ignore",
-    message=r"This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead to deadlocks",
-    category=DeprecationWarning,
-    module=r"forkpool\._fork\Z",
+    re.compile(r"This process \(pid=\d+\) is multi-threaded, use of fork\(\)", re.IGNORECASE),
+    DeprecationWarning,
+    re.compile(r"forkpool\._fork\Z"),
+    0,
 )
 
-# How long to wait for logging locks before forking anyway. A handler stuck for
-# longer is stuck for reasons forking cannot fix; the child then re-creates stdio.
-_LOCK_WAIT = 0.5
+# How long to wait for logging's module lock (rarely contended), and in all for
+# handler locks (often contended; a busy handler gets a fresh stream instead).
+_MODULE_LOCK_WAIT = 0.5
+_HANDLER_LOCKS_WAIT = 0.005
 
 # Exit status of a child that could not report its outcome (EX_SOFTWARE).
 EXIT_UNREPORTED = 70
@@ -113,10 +121,14 @@ class Forker:
         _flush_stdio()
         spares = self._spare_stdio()
         handled = _signals_to_reset()
-        with _quiet_logging() as handlers, _signals_blocked(handled) as previous_mask:
+        with (
+            _quiet_logging() as (handlers, busy),
+            _signals_blocked(handled) as previous_mask,
+            _fork_warning_silenced(),
+        ):
             pid = os.fork()
             if pid == 0:
-                child = _ChildSetup(parent_pid, handled, previous_mask, spares, handlers)
+                child = _ChildSetup(parent_pid, handled, previous_mask, spares, handlers, busy)
                 _run_child(task, write_fd, close_in_child, child)
         return pid
 
@@ -181,15 +193,24 @@ def _spare_for(stream: object, fd: int) -> io.TextIOWrapper | None:
     try:
         if stream.fileno() != fd:
             return None
-        return io.TextIOWrapper(
-            io.BufferedWriter(io.FileIO(fd, "w", closefd=False)),
-            encoding=stream.encoding,
-            errors=stream.errors,
-            line_buffering=stream.line_buffering,
-            write_through=stream.write_through,
-        )
+        return _fresh_text_stream(stream, fd)
     except (OSError, ValueError):
         return None
+
+
+def _fresh_text_stream(like: io.TextIOWrapper, fd: int) -> io.TextIOWrapper:
+    """A new, never-locked text stream on ``fd`` with the settings of ``like``."""
+    raw = io.FileIO(fd, "w", closefd=False)
+    # Under ``python -u`` / PYTHONUNBUFFERED the original has no buffer layer; the
+    # copy must not add one, or a task's output would wait for the task's exit.
+    binary = raw if isinstance(like.buffer, io.RawIOBase) else io.BufferedWriter(raw)
+    return io.TextIOWrapper(
+        binary,
+        encoding=like.encoding,
+        errors=like.errors,
+        line_buffering=like.line_buffering,
+        write_through=like.write_through,
+    )
 
 
 @attrs.frozen
@@ -201,6 +222,7 @@ class _ChildSetup:
     signal_mask: Iterable[int]
     spares: _SpareStdio
     handlers: list[logging.Handler]
+    busy_handlers: list[logging.Handler]
 
 
 def _run_child(
@@ -216,6 +238,7 @@ def _run_child(
             with contextlib.suppress(OSError):
                 os.close(fd)
         setup.spares.install(setup.handlers)
+        _give_fresh_streams(setup.busy_handlers)
         try:
             if task.child_post_fork is not None:
                 task.child_post_fork(task.fn, task.args, task.kwargs)
@@ -279,26 +302,58 @@ def _signals_blocked(signals: frozenset[int]) -> Iterator[Iterable[int]]:
 
 
 @contextlib.contextmanager
-def _quiet_logging() -> Iterator[list[logging.Handler]]:
-    """Hold logging's locks across fork so no handler is mid-write at that instant."""
-    deadline = time.monotonic() + _LOCK_WAIT
+def _fork_warning_silenced() -> Iterator[None]:
+    filters = cast("list[Any]", warnings.filters)
+    filters.insert(0, _FORK_WARNING_FILTER)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            filters.remove(_FORK_WARNING_FILTER)
+
+
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[tuple[list[logging.Handler], list[logging.Handler]]]:
+    """Hold logging's locks across fork; yield (all handlers, handlers not held)."""
     held: list[Any] = []
     handlers: list[logging.Handler] = []
+    busy: list[logging.Handler] = []
     module_lock = getattr(logging, "_lock", None)
     try:
-        if module_lock is not None and module_lock.acquire(timeout=_LOCK_WAIT):
+        if module_lock is not None and module_lock.acquire(timeout=_MODULE_LOCK_WAIT):
             held.append(module_lock)
             handlers = _all_handlers()
+            deadline = time.monotonic() + _HANDLER_LOCKS_WAIT
             for handler in handlers:
                 lock = handler.lock
-                if lock is not None and lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                if lock is None:
+                    continue
+                if lock.acquire(blocking=False) or lock.acquire(
+                    timeout=max(0.0, deadline - time.monotonic())
+                ):
                     held.append(lock)
-        yield handlers
+                else:
+                    busy.append(handler)
+        else:
+            busy = handlers = _all_handlers()
+        yield handlers, busy
     finally:
         # Only the parent gets here; the child leaves through os._exit and logging
         # re-initializes these locks in it.
         for lock in reversed(held):
             lock.release()
+
+
+def _give_fresh_streams(handlers: list[logging.Handler]) -> None:
+    """In the child: replace the streams of handlers that were busy at fork time."""
+    for handler in handlers:
+        stream = getattr(handler, "stream", None)
+        if not isinstance(handler, logging.StreamHandler) or type(stream) is not io.TextIOWrapper:
+            continue
+        if stream in (sys.stdout, sys.stderr):
+            continue  # already a fresh spare
+        with contextlib.suppress(OSError, ValueError):
+            handler.stream = _fresh_text_stream(stream, stream.fileno())
 
 
 def _all_handlers() -> list[logging.Handler]:

@@ -1,0 +1,557 @@
+"""What a forked child inherits from its parent, and what it must not act on.
+
+Most tests run a small parent script in a fresh interpreter, because stdio
+buffering, atexit, signal handlers and process death are process-wide: they cannot
+be observed honestly from inside the pytest process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import pytest
+from helpers import is_running, run_script, start_script, wait_for, wait_gone
+
+from forkpool import ChildDiedError, ForkPerTaskExecutor, TaskTimeoutError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+# A task that announces its pid (flushed) and then runs far longer than any test.
+LONG_TASK = """
+import os, time
+
+def long_task():
+    print("child-pid", os.getpid(), flush=True)
+    time.sleep(60)
+"""
+
+
+def last_json(stdout: str) -> dict:
+    """The report a script prints as its last stdout line."""
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def run_python(source: str, *flags: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Like helpers.run_script, with extra interpreter flags (``-W ...``)."""
+    return subprocess.run(
+        [sys.executable, *flags, "-c", textwrap.dedent(source)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+class Script:
+    """A parent script started with helpers.start_script; stdout read with deadlines."""
+
+    def __init__(self, source: str) -> None:
+        self.proc = start_script(source)
+        self.stdout = ""
+        self.stderr = ""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=10)
+
+    def wait_line(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """Wait until stdout holds a line matching ``pattern``; fail after ``timeout``."""
+        # os.read on the descriptor, so no TextIOWrapper buffer hides data from select().
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while (match := re.search(pattern, self.stdout, re.MULTILINE)) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    pytest.fail(f"no line matching {pattern!r} in {timeout}s: {self.stdout!r}")
+                if selector.select(remaining):
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        _, err = self.proc.communicate(timeout=10)
+                        pytest.fail(f"script ended before {pattern!r}: {self.stdout!r} {err}")
+                    self.stdout += chunk.decode()
+        return match
+
+    def child_pid(self) -> int:
+        """The pid a LONG_TASK child announced."""
+        return int(self.wait_line(r"^child-pid (\d+)$").group(1))
+
+    def finish(self, timeout: float) -> tuple[int, float]:
+        """Wait for the script to exit; return its status and how long that took."""
+        start = time.monotonic()
+        out, self.stderr = self.proc.communicate(timeout=timeout)
+        self.stdout += out
+        return self.proc.returncode, time.monotonic() - start
+
+
+class TestStdio:
+    def test_buffered_output_is_never_printed_twice(self):
+        """Unflushed parent output appears once; each child's line appears once."""
+        result = run_script(
+            """
+            import sys, forkpool
+
+            sys.stdout.write("before-fork")  # stdout is a pipe: block-buffered
+            sys.stderr.write("before-fork-err")  # stderr: line-buffered, no newline
+
+            def task(i):
+                print(f"child-line-{i}")
+                print(f"child-err-{i}", file=sys.stderr)
+                return i
+
+            with forkpool.ForkPerTaskExecutor(2) as ex:
+                assert [ex.submit(task, i).result() for i in range(4)] == [0, 1, 2, 3]
+            print()
+            """
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("before-fork") == 1, result.stdout
+        assert result.stderr.count("before-fork-err") == 1, result.stderr
+        for i in range(4):
+            assert result.stdout.count(f"child-line-{i}") == 1, result.stdout
+            assert result.stderr.count(f"child-err-{i}") == 1, result.stderr
+
+    def test_racing_writer_output_is_never_duplicated(self):
+        """Text a parent thread buffers while children fork is printed exactly once."""
+        result = run_script(
+            """
+            import sys, threading, time, forkpool
+
+            stop = threading.Event()
+            written = []
+
+            def writer():
+                n = 0
+                while not stop.is_set():
+                    sys.stdout.write(f"<t{n}>")  # no newline: stays in the buffer
+                    written.append(n)
+                    n += 1
+                    time.sleep(0)  # let other threads have the GIL (see the stress test)
+
+            thread = threading.Thread(target=writer)
+            thread.start()
+            try:
+                with forkpool.ForkPerTaskExecutor(4) as ex:
+                    for f in [ex.submit(print, f"child-{i}") for i in range(40)]:
+                        f.result(timeout=10)
+            finally:
+                stop.set()
+                thread.join()
+            print("\\nwritten", len(written))
+            """
+        )
+        assert result.returncode == 0, result.stderr
+        written = int(re.search(r"written (\d+)", result.stdout).group(1))
+        tokens = Counter(re.findall(r"<t(\d+)>", result.stdout))
+        assert len(tokens) == written
+        assert [token for token, count in tokens.items() if count != 1] == []
+        # Under PYTHONUNBUFFERED print() writes text and newline separately, so a
+        # parent token may land between them; count the children's texts alone.
+        children = Counter(re.findall(r"child-(\d+)(?!\d)", result.stdout))
+        assert children == Counter({str(i): 1 for i in range(40)})
+
+    def test_unbuffered_child_output_is_not_held_back(self):
+        """Under ``python -u`` a task's print reaches the pipe before the task ends."""
+        with Script(
+            """
+            import os, time, forkpool
+
+            def task():
+                print("child-pid", os.getpid())  # no flush: -u promises unbuffered
+                time.sleep(60)
+
+            ex = forkpool.ForkPerTaskExecutor(1, kill_grace=0.5)
+            ex.submit(task)
+            time.sleep(60)
+            """
+        ) as script:
+            assert script.wait_line(r"^child-pid \d+$", timeout=5)
+
+
+class TestAtexit:
+    def test_atexit_handlers_run_once_in_the_parent(self):
+        """An atexit handler runs exactly once, in the parent, never in a child."""
+        result = run_script(
+            """
+            import atexit, os, sys, forkpool
+
+            atexit.register(lambda: print("atexit-ran", os.getpid(), flush=True))
+            print("parent", os.getpid())
+            with forkpool.ForkPerTaskExecutor(2) as ex:
+                pids = [ex.submit(os.getpid).result() for _ in range(3)]
+                assert os.getpid() not in pids
+                assert isinstance(ex.submit(sys.exit, 3).exception(), SystemExit)
+            """
+        )
+        assert result.returncode == 0, result.stderr
+        parent = re.search(r"^parent (\d+)$", result.stdout, re.MULTILINE).group(1)
+        assert re.findall(r"^atexit-ran (\d+)$", result.stdout, re.MULTILINE) == [parent]
+
+    def test_submit_during_interpreter_shutdown_is_refused(self):
+        """Submitting from a later atexit handler raises the interpreter-shutdown error."""
+        result = run_script(
+            """
+            import atexit, forkpool
+
+            ex = forkpool.ForkPerTaskExecutor(2)
+
+            def late_submit():  # registered first, so it runs after forkpool's hook
+                try:
+                    ex.submit(int)
+                except RuntimeError as exc:
+                    print("refused:", exc)
+
+            atexit.register(late_submit)
+            assert ex.submit(int, "7").result() == 7
+            """
+        )
+        assert result.returncode == 0, result.stderr
+        expected = "refused: cannot schedule new futures after interpreter shutdown"
+        assert expected in result.stdout
+
+
+class TestParentDeath:
+    def test_parent_sigkill_takes_the_child_down(self):
+        """SIGKILL of the parent ends its running child within a second (PDEATHSIG)."""
+        program = """
+            import forkpool
+            ex = forkpool.ForkPerTaskExecutor(1)
+            ex.submit(long_task)
+            time.sleep(60)
+            """
+        with Script(LONG_TASK + textwrap.dedent(program)) as script:
+            child = script.child_pid()
+            assert is_running(child)
+            script.proc.kill()
+            script.proc.wait(timeout=5)
+            wait_gone(child, timeout=1.5)
+
+
+INTERRUPT_IN_WITH = """
+import forkpool
+fut = None
+try:
+    with forkpool.ForkPerTaskExecutor(1, kill_grace=1.0) as ex:
+        fut = ex.submit(long_task)
+        fut.result()
+except KeyboardInterrupt:
+    exc = fut.exception(timeout=0)  # the with block waited for the child's reaping
+    print("interrupted", type(exc).__name__, flush=True)
+    raise
+"""
+
+INTERRUPT_WITHOUT_WITH = """
+import atexit, forkpool
+ex = forkpool.ForkPerTaskExecutor(1, kill_grace=1.0)
+fut = None
+# Registered before the first submit, so it runs after forkpool's own atexit hook.
+atexit.register(lambda: print("interrupted", type(fut.exception(timeout=0)).__name__))
+fut = ex.submit(long_task)
+fut.result()
+"""
+
+
+class TestCtrlC:
+    @pytest.mark.parametrize(
+        "program", [INTERRUPT_IN_WITH, INTERRUPT_WITHOUT_WITH], ids=["with", "without-with"]
+    )
+    def test_sigint_stops_the_child_and_exits_promptly(self, program):
+        """SIGINT while blocked on result() ends the program soon and stops the child."""
+        with Script(LONG_TASK + program) as script:
+            child = script.child_pid()
+            script.proc.send_signal(signal.SIGINT)
+            status, elapsed = script.finish(timeout=10)
+            assert status in (-signal.SIGINT, 1), script.stderr
+            assert elapsed < 4, f"took {elapsed:.1f}s to exit after SIGINT"
+            assert "KeyboardInterrupt" in script.stderr
+            # Reaped by the library before exit, not merely killed later by PDEATHSIG.
+            assert "interrupted ChildDiedError" in script.stdout, script.stderr
+            wait_gone(child, timeout=1.5)
+
+
+class TestSignals:
+    def test_parent_handlers_never_run_in_a_child(self):
+        """A child starts with default dispositions, nothing blocked, no parent handler."""
+        result = run_script(
+            """
+            import json, os, signal, time, forkpool
+
+            def parent_handler(signum, frame):
+                print("PARENT HANDLER", signum, os.getpid(), flush=True)
+
+            signal.signal(signal.SIGTERM, parent_handler)
+            signal.signal(signal.SIGUSR1, parent_handler)
+
+            def dispositions():
+                names = ("SIGTERM", "SIGUSR1", "SIGINT")
+                default = {n: signal.getsignal(getattr(signal, n)) == signal.SIG_DFL for n in names}
+                return default, sorted(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+            def kill_self():
+                os.kill(os.getpid(), signal.SIGUSR1)
+                time.sleep(10)  # SIGUSR1's default action ends the child before this ends
+                return "survived"
+
+            with forkpool.ForkPerTaskExecutor(2, kill_grace=1.0) as ex:
+                default, blocked = ex.submit(dispositions).result(timeout=10)
+                exc = ex.submit(kill_self).exception(timeout=10)
+            report = {"default": default, "blocked": blocked, "error": type(exc).__name__}
+            print(json.dumps(dict(report, signal=getattr(exc, "signal", None))))
+            """
+        )
+        assert result.returncode == 0, result.stderr
+        assert "PARENT HANDLER" not in result.stdout
+        report = last_json(result.stdout)
+        assert report["default"] == {"SIGTERM": True, "SIGUSR1": True, "SIGINT": True}
+        assert report["blocked"] == []
+        assert report["error"] == ChildDiedError.__name__
+        assert report["signal"] == signal.SIGUSR1
+
+    def test_sigterm_right_after_fork_never_reaches_a_parent_handler(self):
+        """SIGTERM sent the instant the pid is known kills the child by default action."""
+        result = run_script(
+            """
+            import json, os, signal, time, forkpool
+
+            signal.signal(signal.SIGTERM, lambda *_: print("PARENT HANDLER", flush=True))
+
+            def term_at_once(fn, args, kwargs, pid):
+                os.kill(pid, signal.SIGTERM)
+
+            with forkpool.ForkPerTaskExecutor(4, parent_post_fork=term_at_once) as ex:
+                futures = [ex.submit(time.sleep, 30) for _ in range(20)]
+                errors = [f.exception(timeout=10) for f in futures]
+            print(json.dumps([getattr(e, "signal", repr(e)) for e in errors]))
+            """
+        )
+        assert result.returncode == 0, result.stderr
+        assert "PARENT HANDLER" not in result.stdout
+        assert last_json(result.stdout) == [signal.SIGTERM] * 20
+
+    def test_asyncio_wakeup_fd_is_cleared_in_the_child(self):
+        """A wake-up fd set by asyncio in the parent is not set in the child."""
+
+        def wakeup_fd_in_child() -> int:
+            return signal.set_wakeup_fd(-1)
+
+        async def main() -> tuple[int, int]:
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGUSR2, lambda: None)  # sets the wake-up fd
+            try:
+                parent_fd = signal.set_wakeup_fd(-1)
+                signal.set_wakeup_fd(parent_fd)
+                with ForkPerTaskExecutor(1) as ex:
+                    child_fd = await loop.run_in_executor(ex, wakeup_fd_in_child)
+            finally:
+                loop.remove_signal_handler(signal.SIGUSR2)
+            return parent_fd, child_fd
+
+        parent_fd, child_fd = asyncio.run(main())
+        assert parent_fd != -1  # the precondition: the parent had one
+        assert child_fd == -1
+
+
+class TestWarnings:
+    @pytest.mark.parametrize(
+        ("flags", "in_script"),
+        [
+            (("-W", "error::DeprecationWarning"), ""),
+            (("-W", "always"), ""),
+            ((), "warnings.simplefilter('always')"),  # set after import, as pytest does
+        ],
+        ids=["W-error", "W-always", "simplefilter-after-import"],
+    )
+    def test_multithreaded_fork_warning_never_reaches_users(self, flags, in_script):
+        """Python 3.12+'s multi-threaded fork() DeprecationWarning is never shown."""
+        # Before 3.12 CPython has no such warning and this passes trivially.
+        result = run_python(
+            f"""
+            import warnings, forkpool
+            {in_script}
+            with forkpool.ForkPerTaskExecutor(2) as ex:
+                assert [ex.submit(pow, i, 2).result() for i in range(4)] == [0, 1, 4, 9]
+            """,
+            *flags,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "multi-threaded" not in result.stderr
+        assert "DeprecationWarning" not in result.stderr
+
+
+class TestStress:
+    def test_logging_and_printing_threads_never_deadlock_children(self):
+        """200 tasks finish correctly while 4 threads log and one prints non-stop."""
+        result = run_script(
+            """
+            import logging, sys, threading, time, forkpool
+
+            logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+            log = logging.getLogger("stress")
+            stop = threading.Event()
+
+            def chatter(n):
+                while not stop.is_set():
+                    log.info("thread %d is logging", n)
+
+            def printer():
+                while not stop.is_set():
+                    print("printer thread line")
+                    # Block-buffered prints rarely release the GIL; without a yield
+                    # this thread starves every other one (CPython's GIL convoy)
+                    # and the test measures that instead of fork safety.
+                    time.sleep(0)
+
+            threads = [threading.Thread(target=chatter, args=(n,)) for n in range(4)]
+            threads.append(threading.Thread(target=printer))
+            for thread in threads:
+                thread.start()
+
+            def task(i):
+                log.info("task %d logs", i)
+                print("task", i, "prints")
+                return i * i
+
+            try:
+                with forkpool.ForkPerTaskExecutor(4) as ex:
+                    futures = [ex.submit(task, i) for i in range(200)]
+                    results = [f.result(timeout=20) for f in futures]
+            finally:
+                stop.set()
+                for thread in threads:
+                    thread.join()
+            assert results == [i * i for i in range(200)], results
+            print("all-200-correct")
+            """,
+            timeout=45,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.rstrip().endswith("all-200-correct")
+        assert result.stderr.count(" logs") == 200  # every task's log record arrived
+
+
+def _held_elsewhere(lock: threading.RLock) -> bool:
+    if lock.acquire(blocking=False):
+        lock.release()
+        return False
+    return True
+
+
+class TestBusyHandler:
+    def test_handler_stuck_mid_write_at_fork_does_not_hang_the_child(self):
+        """A thread blocked inside a handler's write at fork time cannot hang the child."""
+        read_fd, write_fd = os.pipe()
+        stream = os.fdopen(write_fd, "w", buffering=1 << 16)
+        handler = logging.StreamHandler(stream)
+        log = logging.getLogger("forkpool-test-busy-handler")
+        log.addHandler(handler)
+        log.propagate = False
+        drained = bytearray()
+
+        def drain():
+            while data := os.read(read_fd, 1 << 16):
+                drained.extend(data)
+
+        drainer = threading.Thread(target=drain)
+        # The pipe holds 64 KiB; a 1 MiB record blocks this thread inside
+        # stream.write, holding the handler's lock and the stream's buffer lock.
+        stuck = threading.Thread(target=log.warning, args=("x" * (1 << 20),))
+        stuck.start()
+        try:
+            wait_for(lambda: _held_elsewhere(handler.lock), 10, "the writer to block")
+            with ForkPerTaskExecutor(1) as ex:
+                future = ex.submit(log.warning, "from the child")
+                wait_for(lambda: future.pid is not None, 10, "the fork")
+                drainer.start()
+                assert future.result(timeout=20) is None
+        finally:
+            if not drainer.is_alive() and not drained:
+                drainer.start()
+            stuck.join(timeout=20)
+            log.removeHandler(handler)
+            stream.close()
+            drainer.join(timeout=20)
+            os.close(read_fd)
+        assert b"from the child" in drained
+
+
+def _submit_from_child(ex: ForkPerTaskExecutor) -> str:
+    try:
+        ex.submit(int)
+    except RuntimeError as exc:
+        return str(exc)
+    return "submit succeeded"
+
+
+class TestChildIdentity:
+    def test_child_leads_its_own_group_under_the_executor_process(self):
+        """The child's pgid is its pid and its parent is the executor's process."""
+        with ForkPerTaskExecutor(1) as ex:
+            fut = ex.submit(lambda: (os.getpid(), os.getpgid(0), os.getppid()))
+            pid, pgid, ppid = fut.result(timeout=10)
+        assert pid == fut.pid != os.getpid()
+        assert pgid == pid
+        assert ppid == os.getpid()
+
+    def test_submit_from_a_child_raises(self):
+        """A task using its parent's executor gets a RuntimeError naming the owner."""
+        with ForkPerTaskExecutor(1) as ex:
+            message = ex.submit(_submit_from_child, ex).result(timeout=10)
+        assert "a forked child" in message
+        assert f"belongs to process {os.getpid()}" in message
+
+    def test_submit_from_a_child_never_hangs_while_a_parent_thread_submits(self):
+        """A child forked while another thread is inside submit() still gets the error."""
+        in_submit, release = threading.Event(), threading.Event()
+
+        class SlowToInspect:
+            """A callable whose ``__class__`` (read by submit's isinstance) blocks once."""
+
+            @property
+            def __class__(self):  # type: ignore[override]
+                in_submit.set()
+                release.wait(10)
+                return SlowToInspect
+
+            def __call__(self) -> str:
+                return "ran"
+
+        gate_r, gate_w = os.pipe()
+        try:
+            with ForkPerTaskExecutor(1, timeout=4, kill_grace=0.5) as ex:
+                gate = ex.submit(os.read, gate_r, 1)  # holds the only slot
+                victim = ex.submit(_submit_from_child, ex)  # forked when the gate opens
+                other = threading.Thread(target=lambda: ex.submit(SlowToInspect()))
+                other.start()
+                wait_for(in_submit.is_set, 5, "the other thread to be inside submit()")
+                os.write(gate_w, b"x")
+                wait_for(lambda: victim.pid is not None, 5, "the victim to be forked")
+                release.set()
+                other.join(timeout=10)
+                assert gate.result(timeout=5) == b"x"
+                outcome = victim.exception(timeout=10) or victim.result()
+        finally:
+            release.set()
+            os.close(gate_r)
+            os.close(gate_w)
+        assert not isinstance(outcome, TaskTimeoutError), "the child hung in submit()"
+        assert isinstance(outcome, str), repr(outcome)
+        assert "a forked child" in outcome

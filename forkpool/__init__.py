@@ -10,6 +10,7 @@ from forkpool._errors import (
 from forkpool._executor import ForkPerTaskExecutor
 from forkpool._future import ForkFuture
 from forkpool._options import options
+from forkpool._reaper import kill_all
 
 __all__ = [
     "ChildDiedError",
@@ -19,5 +20,6 @@ __all__ = [
     "RemoteTaskError",
     "ResultNotPicklableError",
     "TaskTimeoutError",
+    "kill_all",
     "options",
 ]

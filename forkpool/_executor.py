@@ -34,37 +34,53 @@ from __future__ import annotations
 import atexit
 import functools
 import itertools
+import logging
 import os
 import signal
 import sys
 import threading
+import uuid
 import warnings
 import weakref
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import attrs
+
+from forkpool._bookkeeping import Bookkeeper
+from forkpool._entry import Keys
 from forkpool._errors import ForkPoolError, platform_error
 from forkpool._future import ForkFuture
 from forkpool._options import (
     ResolvedOptions,
     TaskWithOptions,
     check_kill_grace,
+    check_positive,
     check_timeout,
     options_of,
     require_callable,
     resolve,
 )
+from forkpool._redis import resolve_redis
 from forkpool._supervisor import Hooks, StopReason, Supervisor, SupervisorConfig, WorkItem
+from forkpool._tracking import TrackingContext, default_host
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
     from types import TracebackType
 
+    from redis import Redis
     from typing_extensions import ParamSpec, Self
 
     P = ParamSpec("P")
 
 T = TypeVar("T")
+
+logger = logging.getLogger("forkpool")
+
+# How long shutdown(wait=True) waits for the last Redis writes. Bounded: a dead
+# Redis must not hold up a shutdown (the client's own timeouts and retries fit).
+_BOOKKEEPING_CLOSE_WAIT = 10.0
 
 
 class ForkPerTaskExecutor(Executor):
@@ -93,6 +109,17 @@ class ForkPerTaskExecutor(Executor):
             once the child's pid is known.
         child_post_fork: ``(fn, args, kwargs)``, inside the child, before the
             initializer and the task.
+        redis: A Redis URL (``redis://``, ``rediss://``, ``unix://``) or a ready
+            ``redis.Redis`` client to track every child in. None: the
+            ``FORKPOOL_REDIS_URL`` environment variable if set, else no Redis.
+        key_prefix: Prefix of the Redis keys (see the README for the layout).
+        host: This machine's name in Redis; None: ``FORKPOOL_HOST`` if set and not
+            blank, else ``socket.gethostname()``.
+        ttl: Lease length of each child's entry, in seconds; renewed by the owner
+            every ``reap_interval`` while the child runs. Must exceed
+            ``2 * reap_interval``.
+        reap_interval: Seconds between the Redis thread's cycles (renew own leases,
+            reap orphans of dead executors on this host).
 
     Raises:
         ForkPoolError: The platform cannot fork.
@@ -118,6 +145,11 @@ class ForkPerTaskExecutor(Executor):
         | None = None,
         child_post_fork: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], object]
         | None = None,
+        redis: str | Redis | None = None,
+        key_prefix: str = "forkpool",
+        host: str | None = None,
+        ttl: float = 900,
+        reap_interval: float = 30,
     ) -> None:
         if not _can_fork():
             raise platform_error()
@@ -138,8 +170,11 @@ class ForkPerTaskExecutor(Executor):
             if hook is not None:
                 require_callable(hook, f"{name} must be callable or None")
         _check_tuple(initargs, "initargs")
+        self._reap_interval = check_positive(reap_interval, "reap_interval")
         self._defaults = ResolvedOptions(
-            timeout=check_timeout(timeout), kill_grace=check_kill_grace(kill_grace)
+            timeout=check_timeout(timeout),
+            kill_grace=check_kill_grace(kill_grace),
+            ttl=_check_ttl(ttl, self._reap_interval),
         )
         self._config = SupervisorConfig(
             max_workers=self._max_workers,
@@ -151,14 +186,26 @@ class ForkPerTaskExecutor(Executor):
         self._shutdown = False
         self._interpreter_exiting = False
         self._owner_pid = os.getpid()
-        self._supervisor: Supervisor | None = None
-        self._finalizer: weakref.finalize[Any, Any] | None = None
-        self._at_exit = functools.partial(_shut_down_at_exit, weakref.ref(self))
+        self._runtime = _Runtime(
+            at_exit=functools.partial(_shut_down_at_exit, weakref.ref(self)),
+            **_start_tracking(
+                redis,
+                key_prefix=key_prefix,
+                host=host,
+                ttl=self._defaults.ttl,
+                reap_interval=self._reap_interval,
+                kill_grace=self._defaults.kill_grace,
+            ),
+        )
+        self._finalizer = weakref.finalize(self, self._runtime.abandon)
+        self._finalizer.atexit = False
+        if self._runtime.bookkeeper is not None:
+            atexit.register(self._runtime.at_exit)
 
     def __repr__(self) -> str:
         if self._shutdown:
             state = "shut down"
-        elif self._supervisor is None:
+        elif self._runtime.supervisor is None:
             state = "idle"
         else:
             state = "running"
@@ -183,12 +230,14 @@ class ForkPerTaskExecutor(Executor):
         """
         require_callable(fn, "submit() needs a callable as fn")
         self._check_owner()
+        options = resolve(fn, self._defaults)
+        if options.ttl != self._defaults.ttl:
+            _check_ttl(options.ttl, self._reap_interval)
         with self._lock:
             supervisor = self._usable_supervisor()
             future: ForkFuture[T] = ForkFuture()
             future._on_cancel = supervisor.cancel  # noqa: SLF001 - our own future
-            item = WorkItem(future, fn, args, kwargs, resolve(fn, self._defaults))
-            supervisor.submit(item)
+            supervisor.submit(WorkItem(future, fn, args, kwargs, options))
         return future
 
     def map(
@@ -230,15 +279,26 @@ class ForkPerTaskExecutor(Executor):
         """
         with self._lock:
             self._shutdown = True
-            supervisor = self._supervisor
-        if supervisor is None:
-            return
-        if cancel_futures:
-            supervisor.cancel_pending()
-        supervisor.begin_shutdown()
+            supervisor = self._runtime.supervisor
         self._forget_cleanups()
-        if wait:
-            self._join(supervisor)
+        if supervisor is not None:
+            if cancel_futures:
+                supervisor.cancel_pending()
+            supervisor.begin_shutdown()  # its thread closes the bookkeeper when done
+            if wait:
+                self._join(supervisor)
+        bookkeeper = self._runtime.bookkeeper
+        if bookkeeper is None:
+            return
+        if supervisor is None:
+            bookkeeper.close(timeout=0)
+        if wait and not bookkeeper.close(timeout=_BOOKKEEPING_CLOSE_WAIT):
+            logger.warning(
+                "forkpool's Redis thread did not finish within %ss; the last %d "
+                "removal(s) may not have been written",
+                _BOOKKEEPING_CLOSE_WAIT,
+                bookkeeper.pending[1],
+            )
 
     def terminate_workers(self) -> None:
         """Send SIGTERM to every running child's process group, then shut down.
@@ -271,9 +331,9 @@ class ForkPerTaskExecutor(Executor):
         self.shutdown(wait=True)
 
     def __del__(self) -> None:
-        # The finalizer (see _start) stops the children; this only says so.
-        supervisor = getattr(self, "_supervisor", None)
-        if supervisor is not None and not self._shutdown and supervisor.alive:
+        # The finalizer (_Runtime.abandon) stops the threads; this only says so.
+        runtime = getattr(self, "_runtime", None)
+        if runtime is not None and not self._shutdown and runtime.alive:
             warnings.warn(
                 f"{type(self).__name__} was garbage-collected without shutdown(); "
                 "its running children are being stopped and queued tasks cancelled",
@@ -295,7 +355,7 @@ class ForkPerTaskExecutor(Executor):
 
     def _usable_supervisor(self) -> Supervisor:
         """Return the running supervisor, starting it on first use (lock held)."""
-        supervisor = self._supervisor
+        supervisor = self._runtime.supervisor
         if supervisor is not None and supervisor.failure is not None:
             msg = "the executor's supervisor thread failed; no new tasks can run"
             raise ForkPoolError(msg) from supervisor.failure
@@ -306,28 +366,29 @@ class ForkPerTaskExecutor(Executor):
             msg = "cannot schedule new futures after shutdown"
             raise RuntimeError(msg)
         if supervisor is None:
-            supervisor = self._supervisor = Supervisor(self._config)
+            supervisor = self._runtime.supervisor = Supervisor(
+                self._config,
+                tracking=self._runtime.tracking,
+                bookkeeper=self._runtime.bookkeeper,
+            )
             supervisor.start()
-            self._finalizer = weakref.finalize(self, supervisor.abandon)
-            self._finalizer.atexit = False
-            atexit.register(self._at_exit)
+            if self._runtime.bookkeeper is None:
+                atexit.register(self._runtime.at_exit)
         return supervisor
 
     def _stop_workers(self, signum: int) -> None:
         with self._lock:
             self._shutdown = True
-            supervisor = self._supervisor
-        if supervisor is None:
-            return
-        supervisor.cancel_pending()
-        supervisor.stop_all(signum, StopReason.TERMINATED)
-        supervisor.begin_shutdown()
-        self._forget_cleanups()
+            supervisor = self._runtime.supervisor
+        if supervisor is not None:
+            supervisor.cancel_pending()
+            supervisor.stop_all(signum, StopReason.TERMINATED)
+        self.shutdown(wait=False)
 
     def _interrupt(self) -> None:
         with self._lock:
             self._shutdown = True
-            supervisor = self._supervisor
+            supervisor = self._runtime.supervisor
         if supervisor is not None:
             supervisor.cancel_pending()
             supervisor.stop_all(signal.SIGTERM, StopReason.INTERRUPTED)
@@ -343,9 +404,82 @@ class ForkPerTaskExecutor(Executor):
             raise
 
     def _forget_cleanups(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        atexit.unregister(self._at_exit)
+        self._finalizer.detach()
+        atexit.unregister(self._runtime.at_exit)
+
+
+@attrs.define
+class _Runtime:
+    """The executor's threads, held apart so that a finalizer can stop them.
+
+    The finalizer must not reference the executor itself, or it would keep it alive.
+    """
+
+    at_exit: Callable[[], None]
+    tracking: TrackingContext | None = None
+    bookkeeper: Bookkeeper | None = None
+    supervisor: Supervisor | None = None
+
+    @property
+    def alive(self) -> bool:
+        """A thread of the executor is still running."""
+        return (self.supervisor is not None and self.supervisor.alive) or (
+            self.bookkeeper is not None and self.bookkeeper.alive
+        )
+
+    def abandon(self) -> None:
+        """The executor was dropped without shutdown(): stop everything."""
+        atexit.unregister(self.at_exit)
+        if self.supervisor is not None:
+            self.supervisor.abandon()  # closes the bookkeeper when its children are gone
+        elif self.bookkeeper is not None:
+            self.bookkeeper.close(timeout=0)
+
+
+def _start_tracking(
+    redis: object,
+    *,
+    key_prefix: str,
+    host: str | None,
+    ttl: float,
+    reap_interval: float,
+    kill_grace: float,
+) -> dict[str, Any]:
+    """Validate the Redis settings; start the bookkeeping thread if Redis is asked for."""
+    if not isinstance(key_prefix, str) or not key_prefix:
+        msg = f"key_prefix must be a non-empty string, got {key_prefix!r}"
+        raise ValueError(msg)
+    host = default_host() if host is None else _check_host(host)
+    source = resolve_redis(redis, reap_interval=reap_interval)
+    if source is None:
+        return {}
+    tracking = TrackingContext.create(Keys(key_prefix, host), executor_id=uuid.uuid4().hex)
+    bookkeeper = Bookkeeper(
+        source, tracking, ttl=ttl, reap_interval=reap_interval, kill_grace=kill_grace
+    )
+    bookkeeper.start()
+    return {"tracking": tracking, "bookkeeper": bookkeeper}
+
+
+def _check_host(host: object) -> str:
+    if not isinstance(host, str) or not host.strip():
+        msg = f"host must be a non-blank string or None, got {host!r}"
+        raise ValueError(msg)
+    if "{" in host or "}" in host:
+        msg = f"host must not contain braces (they delimit its Redis hash tag), got {host!r}"
+        raise ValueError(msg)
+    return host.strip()
+
+
+def _check_ttl(ttl: object, reap_interval: float) -> float:
+    seconds = check_positive(ttl, "ttl")
+    if seconds <= 2 * reap_interval:
+        msg = (
+            f"ttl ({seconds:g}s) must be greater than 2 * reap_interval "
+            f"({reap_interval:g}s): leases are renewed once per reap_interval"
+        )
+        raise ValueError(msg)
+    return seconds
 
 
 def _shut_down_at_exit(executor_ref: weakref.ref[ForkPerTaskExecutor]) -> None:

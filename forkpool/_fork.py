@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
 
 import attrs
 
-from forkpool import _linux
+from forkpool import _linux, _procfs
 from forkpool._wire import Kind, encode_exception, encode_result, write_frame
 
 if TYPE_CHECKING:
@@ -95,6 +95,7 @@ class ChildTask:
     initializer: Callable[..., object] | None = None
     initargs: tuple[Any, ...] = ()
     child_post_fork: Callable[..., object] | None = None
+    task_id: str | None = None
 
 
 @attrs.define
@@ -234,6 +235,8 @@ def _run_child(
     status = EXIT_UNREPORTED
     try:
         _become_independent(setup)
+        if task.task_id is not None:
+            _mark(task.task_id)
         for fd in close_in_child:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -257,6 +260,16 @@ def _run_child(
     finally:
         _flush_stdio()
         os._exit(status)
+
+
+def _mark(task_id: str) -> None:
+    """Mark this process as the task's, where a reaper can check it on the kernel.
+
+    The name (``/proc/self/comm``) is inherited by processes the task forks; the
+    environment variable by programs it execs.
+    """
+    _linux.set_name(_procfs.comm_marker(task_id))
+    os.environ[_procfs.TASK_ID_ENV] = task_id
 
 
 def _become_independent(setup: _ChildSetup) -> None:

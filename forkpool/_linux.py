@@ -46,7 +46,12 @@ def set_parent_death_signal(signum: int = signal.SIGKILL) -> bool:
     return bool(_prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0)
 
 
-def set_comm(name: str) -> None:
-    """Set this process's kernel-visible name (``/proc/self/comm``)."""
+def set_name(name: str) -> None:
+    """Set this thread's kernel-visible name (``/proc/self/comm``), as prctl does."""
+    encoded = name.encode("ascii", "replace")[:COMM_MAX]
+    if _prctl is not None:
+        buffer = ctypes.create_string_buffer(encoded)
+        if _prctl(PR_SET_NAME, ctypes.addressof(buffer), 0, 0, 0) == 0:
+            return
     with contextlib.suppress(OSError):
-        Path("/proc/self/comm").write_text(name[:COMM_MAX], encoding="ascii")
+        Path("/proc/self/comm").write_bytes(encoded)

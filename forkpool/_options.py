@@ -54,6 +54,15 @@ def check_timeout(value: object, name: str = "timeout") -> float | None:
     return number
 
 
+def check_positive(value: object, name: str) -> float:
+    """Validate a finite number of seconds > 0."""
+    number = _as_number(value, name)
+    if not math.isfinite(number) or number <= 0:
+        msg = f"{name} must be a finite number of seconds > 0, got {value!r}"
+        raise ValueError(msg)
+    return number
+
+
 def check_kill_grace(value: object, name: str = "kill_grace") -> float:
     """Validate a kill grace: a finite number >= 0."""
     number = _as_number(value, name)
@@ -76,12 +85,14 @@ class TaskOptions:
 
     timeout: float | _Unset | None = UNSET
     kill_grace: float | _Unset = UNSET
+    ttl: float | _Unset = UNSET
 
     def over(self, base: TaskOptions) -> TaskOptions:
         """Return these options with unset fields taken from ``base``."""
         return TaskOptions(
             timeout=base.timeout if self.timeout is UNSET else self.timeout,
             kill_grace=base.kill_grace if self.kill_grace is UNSET else self.kill_grace,
+            ttl=base.ttl if self.ttl is UNSET else self.ttl,
         )
 
 
@@ -91,6 +102,7 @@ class ResolvedOptions:
 
     timeout: float | None
     kill_grace: float
+    ttl: float
 
 
 def resolve(fn: object, defaults: ResolvedOptions) -> ResolvedOptions:
@@ -99,6 +111,7 @@ def resolve(fn: object, defaults: ResolvedOptions) -> ResolvedOptions:
     return ResolvedOptions(
         timeout=defaults.timeout if merged.timeout is UNSET else merged.timeout,
         kill_grace=defaults.kill_grace if merged.kill_grace is UNSET else merged.kill_grace,
+        ttl=defaults.ttl if merged.ttl is UNSET else merged.ttl,
     )
 
 
@@ -107,6 +120,14 @@ def options_of(fn: object) -> TaskOptions:
     if isinstance(fn, TaskWithOptions):
         return fn.options
     return TaskOptions()
+
+
+def qualified_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` of the user's callable, for logs and Redis entries."""
+    inner = unwrap(fn)
+    name = getattr(inner, "__qualname__", None) or type(inner).__qualname__
+    module = getattr(inner, "__module__", None)
+    return f"{module}.{name}" if module else name
 
 
 def unwrap(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -158,6 +179,7 @@ def options(
     *,
     timeout: float | _Unset | None = UNSET,
     kill_grace: float | _Unset = UNSET,
+    ttl: float | _Unset = UNSET,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Attach per-callable settings, as a decorator or at a call site.
 
@@ -165,6 +187,8 @@ def options(
         timeout: Seconds the task may run before its process group is stopped;
             None means no timeout. Overrides the executor's ``timeout``.
         kill_grace: Seconds between SIGTERM and SIGKILL when the task is stopped.
+        ttl: Lease length, in seconds, of the task's Redis entry (renewed by its
+            owner while it runs). Must exceed twice the executor's reap_interval.
 
     Returns:
         A function that wraps a callable with these settings, leaving it unchanged.
@@ -183,6 +207,7 @@ def options(
     given = TaskOptions(
         timeout=timeout if timeout is UNSET else check_timeout(timeout),
         kill_grace=kill_grace if kill_grace is UNSET else check_kill_grace(kill_grace),
+        ttl=ttl if ttl is UNSET else check_positive(ttl, "ttl"),
     )
 
     def apply(fn: Callable[P, R]) -> Callable[P, R]:

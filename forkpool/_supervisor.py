@@ -23,18 +23,22 @@ import selectors
 import signal
 import threading
 import time
+import uuid
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
 from forkpool import _fork, _linux, _wire
 from forkpool._errors import ChildDiedError, ForkPoolError, TaskTimeoutError
+from forkpool._options import qualified_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from forkpool._bookkeeping import Bookkeeper
     from forkpool._future import ForkFuture
     from forkpool._options import ResolvedOptions
+    from forkpool._tracking import TrackingContext
 
 logger = logging.getLogger("forkpool")
 
@@ -91,6 +95,7 @@ class Child:
     pid: int
     future: ForkFuture[Any]
     options: ResolvedOptions
+    task_id: str | None
     read_fd: int | None
     pidfd: int | None
     started: float
@@ -124,8 +129,16 @@ class _StopAll:
 class Supervisor:
     """Runs one executor's children; see the module docstring."""
 
-    def __init__(self, config: SupervisorConfig) -> None:
+    def __init__(
+        self,
+        config: SupervisorConfig,
+        *,
+        tracking: TrackingContext | None = None,
+        bookkeeper: Bookkeeper | None = None,
+    ) -> None:
         self._config = config
+        self._tracking = tracking
+        self._bookkeeper = bookkeeper
         self._forker = _fork.Forker()
         # Filled by submit() in any thread, emptied here; deque ops are atomic.
         self._pending: collections.deque[WorkItem] = collections.deque()
@@ -217,6 +230,8 @@ class Supervisor:
             self._fail_everything(exc)
         finally:
             self._close()
+            if self._bookkeeper is not None:
+                self._bookkeeper.close(timeout=0)
 
     def _step(self) -> bool:
         self._run_commands()
@@ -273,6 +288,7 @@ class Supervisor:
         except OSError as exc:
             future._resolve(exception=_with_context(exc, "cannot create the result pipe"))  # noqa: SLF001
             return
+        task_id = uuid.uuid4().hex if self._bookkeeper is not None else None
         task = _fork.ChildTask(
             fn=fn,
             args=args,
@@ -280,6 +296,7 @@ class Supervisor:
             initializer=self._config.initializer,
             initargs=self._config.initargs,
             child_post_fork=hooks.child_post_fork,
+            task_id=task_id,
         )
         try:
             pid = self._forker.fork(task, write_fd, self._parent_fds(read_fd))
@@ -291,7 +308,7 @@ class Supervisor:
         finally:
             del task
         os.close(write_fd)
-        child = self._track(pid, item, read_fd)
+        child = self._track(pid, item, read_fd, task_id)
         # The supervisor holds the callable and its arguments no longer than needed.
         item.fn = item.args = item.kwargs = None  # type: ignore[assignment]
         try:
@@ -300,7 +317,7 @@ class Supervisor:
         except BaseException as exc:  # noqa: BLE001 - a hook failure is that task's outcome
             self._stop(child, StopReason.HOOK_FAILED, signal.SIGKILL, error=exc)
 
-    def _track(self, pid: int, item: WorkItem, read_fd: int) -> Child:
+    def _track(self, pid: int, item: WorkItem, read_fd: int, task_id: str | None) -> Child:
         # Both sides call setpgid so the group exists before either relies on it.
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)
@@ -315,6 +332,7 @@ class Supervisor:
             pid=pid,
             future=item.future,
             options=item.options,
+            task_id=task_id,
             read_fd=read_fd,
             pidfd=pidfd,
             started=now,
@@ -326,6 +344,15 @@ class Supervisor:
         self._selector.register(read_fd, selectors.EVENT_READ, lambda: self._read(child))
         if pidfd is not None:
             self._selector.register(pidfd, selectors.EVENT_READ, lambda: self._reap(child))
+        if task_id is not None and self._tracking is not None and self._bookkeeper is not None:
+            entry = self._tracking.entry_for(
+                task_id,
+                pid,
+                qualified_name(item.fn),
+                timeout=item.options.timeout,
+                ttl=item.options.ttl,
+            )
+            self._bookkeeper.register(entry)
         logger.debug("forked child %d for %r", pid, item.fn)
         return child
 
@@ -381,6 +408,8 @@ class Supervisor:
             child.pidfd = None
         del self._children[child.pid]
         self._by_future.pop(child.future, None)
+        if child.task_id is not None and self._bookkeeper is not None:
+            self._bookkeeper.remove(child.task_id)
         exitcode, signum = _fork.describe_status(status)
         logger.debug("child %d ended (exit code %s, signal %s)", child.pid, exitcode, signum)
         self._settle(child, exitcode, signum)

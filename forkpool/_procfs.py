@@ -1,0 +1,119 @@
+"""What the local kernel says about a process, read from /proc.
+
+The reaper trusts nothing it reads from Redis: before it signals anything it
+compares the entry with these facts (pid, start time, boot, uid, pid namespace and
+the marker the child set on itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Final
+
+import attrs
+
+# What a forkpool child calls itself (``/proc/<pid>/comm``), and the environment
+# variable it sets so that programs it execs carry the marker too.
+COMM_PREFIX: Final = "fp-"
+TASK_ID_ENV: Final = "FORKPOOL_TASK_ID"
+_COMM_MAX: Final = 15
+
+
+def comm_marker(task_id: str) -> str:
+    """The kernel-visible name of the child that runs ``task_id``."""
+    return (COMM_PREFIX + task_id)[:_COMM_MAX]
+
+
+@attrs.frozen
+class ProcStat:
+    """The fields of ``/proc/<pid>/stat`` that identify a process."""
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    pgrp: int
+    start_ticks: int
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """Read ``/proc/<pid>/stat``; None if there is no such process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # comm may itself contain spaces and parentheses: split at the last ')'.
+    head, _, tail = raw.rpartition(b")")
+    fields = tail.split()
+    try:
+        return ProcStat(
+            pid=pid,
+            comm=head.partition(b"(")[2].decode(errors="replace"),
+            state=fields[0].decode(),
+            ppid=int(fields[1]),
+            pgrp=int(fields[2]),
+            start_ticks=int(fields[19]),
+        )
+    except (IndexError, ValueError):
+        return None
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it is gone."""
+    stat = read_stat(pid)
+    return None if stat is None else stat.start_ticks
+
+
+def boot_id() -> str:
+    """This boot's random id; empty where the kernel does not provide one."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def pid_namespace(pid: int | str = "self") -> str | None:
+    """The pid namespace of a process, as ``pid:[inode]``; None if unreadable."""
+    try:
+        return str(Path(f"/proc/{pid}/ns/pid").readlink())
+    except OSError:
+        return None
+
+
+def owner_uid(pid: int) -> int | None:
+    """The uid that owns the process, or None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}").stat().st_uid
+    except OSError:
+        return None
+
+
+def carries_task_marker(pid: int, stat: ProcStat, task_id: str) -> bool:
+    """The process named itself after the task, or has the task's id in its environment."""
+    if stat.comm == comm_marker(task_id):
+        return True
+    needle = f"{TASK_ID_ENV}={task_id}".encode()
+    with contextlib.suppress(OSError):
+        return needle in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return False
+
+
+@attrs.frozen
+class LocalFacts:
+    """Who this process is, as the kernel sees it: what an entry must match."""
+
+    boot_id: str
+    pidns: str
+    uid: int
+
+    @classmethod
+    def current(cls) -> LocalFacts:
+        """The facts of this process."""
+        return cls(boot_id=boot_id(), pidns=pid_namespace() or "", uid=os.getuid())
+
+
+def all_pids() -> list[int]:
+    """Every pid visible in this pid namespace."""
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]

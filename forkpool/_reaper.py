@@ -1,0 +1,339 @@
+"""The reaper's rules: which tracked children to stop, which entries to remove.
+
+Everything is decided from the local kernel, never from Redis alone:
+
+* An entry is only ever acted on by a reaper on the same host, same boot and same
+  pid namespace. Entries of other hosts are deleted as metadata only, and only once
+  that host has not been seen for longer than the lease length.
+* A child whose recorded parent is alive is never signalled, whatever its lease
+  says: the owner enforces timeouts and renews leases; an expired lease with a live
+  parent means the owner is slow or cut off from Redis, and is only logged.
+* When the recorded parent is dead, the members of the child's process group that
+  prove to be the task's (see :func:`_open_verified`) are stopped -- SIGTERM, then
+  SIGKILL after the grace -- and the entry is deleted.
+
+A forged entry therefore cannot make a reaper signal a stranger: the stranger does
+not carry the task's marker, and the marker is checked through a pidfd opened
+before the check, so a pid recycled mid-check is never the one signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from typing import TYPE_CHECKING, Final, cast
+
+import attrs
+
+from forkpool import _linux, _procfs
+from forkpool._entry import Keys, MalformedEntryError, TaskEntry
+from forkpool._procfs import LocalFacts
+from forkpool._redis import client_from_url
+from forkpool._tracking import default_host
+
+if TYPE_CHECKING:
+    import redis
+
+logger = logging.getLogger("forkpool.reaper")
+
+_GONE: Final = ("Z", "X")
+
+
+@attrs.define
+class Stopper:
+    """Signals verified processes: SIGTERM now, SIGKILL once the grace has passed."""
+
+    grace: float
+    _pending: list[tuple[float, list[int]]] = attrs.field(factory=list)
+
+    def stop(self, targets: list[int], signum: int = signal.SIGTERM) -> None:
+        """Signal ``targets`` (pidfds, or pids without pidfd support); take ownership."""
+        for target in targets:
+            _send(target, signum)
+        if signum == signal.SIGKILL or self.grace <= 0:
+            if signum != signal.SIGKILL:
+                for target in targets:
+                    _send(target, signal.SIGKILL)
+            _close_all(targets)
+        else:
+            self._pending.append((time.monotonic() + self.grace, targets))
+
+    def next_deadline(self) -> float | None:
+        """When the earliest SIGKILL is due (monotonic), if any."""
+        return min((deadline for deadline, _ in self._pending), default=None)
+
+    def escalate(self, *, now: float | None = None, force: bool = False) -> None:
+        """Send SIGKILL to the targets whose grace has passed (all of them if forced)."""
+        now = time.monotonic() if now is None else now
+        due = [entry for entry in self._pending if force or entry[0] <= now]
+        for entry in due:
+            self._pending.remove(entry)
+            for target in entry[1]:
+                _send(target, signal.SIGKILL)
+            _close_all(entry[1])
+
+
+def _send(target: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if _linux.HAS_PIDFD:
+            signal.pidfd_send_signal(target, signum)
+        else:
+            os.kill(target, signum)
+
+
+def _close_all(targets: list[int]) -> None:
+    if _linux.HAS_PIDFD:
+        for target in targets:
+            with contextlib.suppress(OSError):
+                os.close(target)
+
+
+def _open_verified(pid: int, entry: TaskEntry, facts: LocalFacts, *, leader: bool) -> int | None:
+    """A handle to ``pid`` if it provably belongs to ``entry``'s task, else None.
+
+    The pidfd is opened *before* the checks: if the pid is recycled mid-check, the
+    checks see the newcomer but the pidfd still names the original (now dead)
+    process, and signalling it does nothing.
+    """
+    handle: int = pid
+    if _linux.HAS_PIDFD:
+        try:
+            handle = os.pidfd_open(pid)
+        except OSError:
+            return None
+    stat = _procfs.read_stat(pid)
+    proven = (
+        stat is not None
+        and stat.state not in _GONE
+        and stat.pgrp == entry.pgid
+        and (stat.start_ticks == entry.pid_start if leader else stat.start_ticks >= entry.pid_start)
+        and _procfs.owner_uid(pid) == facts.uid
+        and _procfs.pid_namespace(pid) == facts.pidns
+        and _procfs.carries_task_marker(pid, stat, entry.task_id)
+    )
+    if not proven:
+        _close_all([handle])
+        return None
+    return handle
+
+
+def task_processes(entry: TaskEntry, facts: LocalFacts) -> tuple[bool, list[int]]:
+    """Open every live process of the entry's task: (child itself found, handles).
+
+    Only members of the child's process group that carry the task's marker and
+    started no earlier than the child qualify; the child must match its recorded
+    start time exactly.
+    """
+    handles: list[int] = []
+    leader = _open_verified(entry.pid, entry, facts, leader=True)
+    if leader is not None:
+        handles.append(leader)
+    for pid in _procfs.all_pids():
+        if pid == entry.pid:
+            continue
+        stat = _procfs.read_stat(pid)
+        if stat is None or stat.pgrp != entry.pgid:
+            continue
+        handle = _open_verified(pid, entry, facts, leader=False)
+        if handle is not None:
+            handles.append(handle)
+    return leader is not None, handles
+
+
+def same_context(entry: TaskEntry, facts: LocalFacts) -> bool:
+    """The entry was written on this boot, in this pid namespace."""
+    return entry.boot_id == facts.boot_id and entry.pidns == facts.pidns
+
+
+def parent_alive(entry: TaskEntry) -> bool:
+    """The recorded parent still runs (same pid, same start time)."""
+    stat = _procfs.read_stat(entry.parent_pid)
+    return stat is not None and stat.state not in _GONE and stat.start_ticks == entry.parent_start
+
+
+@attrs.frozen
+class Entries:
+    """One host's entries as read from Redis in one transaction."""
+
+    valid: dict[str, tuple[TaskEntry, float]]
+    malformed: dict[str, str]
+
+
+def read_entries(client: redis.Redis, keys: Keys) -> Entries:
+    """Read a host's meta hash and active set atomically; sort out the malformed."""
+    pipe = client.pipeline(transaction=True)
+    pipe.hgetall(keys.meta)
+    pipe.zrange(keys.active, 0, -1, withscores=True)
+    raw_meta, raw_active = pipe.execute()
+    leases = {_text(member): float(score) for member, score in raw_active}
+    valid: dict[str, tuple[TaskEntry, float]] = {}
+    malformed: dict[str, str] = {}
+    for raw_id, raw_value in raw_meta.items():
+        task_id = _text(raw_id)
+        try:
+            entry = TaskEntry.from_json(raw_value, task_id)
+        except MalformedEntryError as exc:
+            malformed[task_id] = str(exc)
+            continue
+        if entry.host != keys.host:
+            malformed[task_id] = f"names host {entry.host!r}, stored under {keys.host!r}"
+        elif task_id not in leases:
+            malformed[task_id] = "metadata without a lease in the active set"
+        else:
+            valid[task_id] = (entry, leases[task_id])
+    for task_id in leases.keys() - {_text(raw_id) for raw_id in raw_meta}:
+        malformed[task_id] = "a lease without metadata"
+    return Entries(valid, malformed)
+
+
+def delete_entries(client: redis.Redis, keys: Keys, task_ids: list[str]) -> None:
+    """Remove entries from a host's active set and meta hash."""
+    if not task_ids:
+        return
+    pipe = client.pipeline(transaction=True)
+    pipe.zrem(keys.active, *task_ids)
+    pipe.hdel(keys.meta, *task_ids)
+    pipe.execute()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+@attrs.define
+class ReapReport:
+    """What one reaper cycle did."""
+
+    stopped: list[TaskEntry] = attrs.field(factory=list)
+    orphans_stopped: int = 0
+    removed: list[str] = attrs.field(factory=list)
+    malformed: dict[str, str] = attrs.field(factory=dict)
+    stale_hosts: list[str] = attrs.field(factory=list)
+
+
+@attrs.define
+class Reaper:
+    """Applies the rules in the module docstring to one host's entries."""
+
+    keys: Keys
+    facts: LocalFacts
+    ttl: float
+    stopper: Stopper
+    owner_id: str | None = None
+    cycles: int = 0
+    _warned_expired: set[str] = attrs.field(factory=set)
+
+    def cycle(self, client: redis.Redis, *, now: float | None = None) -> ReapReport:
+        """Run one cycle against Redis; return what it did.
+
+        Raises:
+            redis.RedisError: Redis failed; nothing was signalled for entries not read.
+        """
+        now = time.time() if now is None else now
+        report = ReapReport()
+        entries = read_entries(client, self.keys)
+        report.malformed = entries.malformed
+        for task_id, problem in entries.malformed.items():
+            logger.warning("removing malformed forkpool entry %s: %s", task_id, problem)
+        doomed = list(entries.malformed)
+        for task_id, (entry, lease) in entries.valid.items():
+            if self._judge(entry, lease, now, report):
+                doomed.append(task_id)
+        delete_entries(client, self.keys, doomed)
+        report.removed = doomed
+        self._warned_expired &= entries.valid.keys()
+        report.stale_hosts = self._forget_departed_hosts(client, now)
+        self.cycles += 1
+        return report
+
+    def _judge(self, entry: TaskEntry, lease: float, now: float, report: ReapReport) -> bool:
+        """Act on one entry; True if it should be deleted."""
+        if entry.executor_id == self.owner_id:
+            return False
+        expired = lease < now
+        if not same_context(entry, self.facts):
+            # Another boot, or another container on this kernel: never signal.
+            return expired
+        if parent_alive(entry):
+            if expired and entry.task_id not in self._warned_expired:
+                self._warned_expired.add(entry.task_id)
+                logger.warning(
+                    "lease of forkpool task %s (pid %d, %s) expired, but its parent %d "
+                    "is alive; leaving it to its owner",
+                    entry.task_id,
+                    entry.pid,
+                    entry.name,
+                    entry.parent_pid,
+                )
+            return False
+        child_found, handles = task_processes(entry, self.facts)
+        if handles:
+            self.stopper.stop(handles)
+            logger.warning(
+                "stopping orphaned forkpool task %s (%s): its parent %d is gone; "
+                "%d process(es) signalled",
+                entry.task_id,
+                entry.name,
+                entry.parent_pid,
+                len(handles),
+            )
+        if child_found:
+            report.stopped.append(entry)
+        report.orphans_stopped += len(handles) - int(child_found)
+        return True
+
+    def _forget_departed_hosts(self, client: redis.Redis, now: float) -> list[str]:
+        # Costs one command while every other host is alive, however many there are.
+        hosts = cast("list[bytes]", client.zrangebyscore(self.keys.hosts, "-inf", now - self.ttl))
+        departed = [_text(host) for host in hosts if _text(host) != self.keys.host]
+        if departed:
+            pipe = client.pipeline(transaction=False)
+            for host in departed:
+                gone = self.keys.for_host(host)
+                pipe.delete(gone.active, gone.meta)
+                pipe.zrem(self.keys.hosts, host)
+            pipe.execute()
+            logger.info("forgot departed forkpool hosts: %s", ", ".join(departed))
+        return departed
+
+
+def kill_all(
+    redis: redis.Redis | str,
+    *,
+    host: str | None = None,
+    key_prefix: str = "forkpool",
+) -> int:
+    """Stop every tracked child of this host and remove their entries.
+
+    Each child (and each process of its group that carries the task's marker) is
+    verified on the local kernel, then sent SIGKILL. The futures of the owning
+    executors fail with :class:`ChildDiedError` naming SIGKILL.
+
+    Args:
+        redis: A ``redis.Redis`` client or a Redis URL.
+        host: The host whose children to stop; defaults as the executor decides
+            (``FORKPOOL_HOST``, else the host name). Only children on *this*
+            machine can be stopped.
+        key_prefix: The executors' ``key_prefix``.
+
+    Returns:
+        How many tracked children were stopped.
+    """
+    client = client_from_url(redis) if isinstance(redis, str) else redis
+    keys = Keys(key_prefix, default_host() if host is None else host)
+    facts = LocalFacts.current()
+    entries = read_entries(client, keys)
+    stopped = 0
+    for entry, _lease in entries.valid.values():
+        if not same_context(entry, facts):
+            continue
+        child_found, handles = task_processes(entry, facts)
+        Stopper(grace=0).stop(handles, signal.SIGKILL)
+        stopped += int(child_found)
+    delete_entries(client, keys, [*entries.valid, *entries.malformed])
+    if isinstance(redis, str):
+        client.close()
+    return stopped

@@ -197,10 +197,16 @@ class Bookkeeper:
         self._retry_at = time.monotonic() + min(self._reap_interval, _RETRY_PAUSE)
         if self._outage_since is None:
             self._outage_since = time.monotonic()
+            trouble = (
+                "is unreachable"
+                if isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
+                else "answers with errors"
+            )
             logger.warning(
-                "Redis at %s is unreachable (%s); tasks keep running, but forkpool's "
-                "bookkeeping is degraded until it is back",
+                "Redis at %s %s (%s); tasks keep running, but forkpool's bookkeeping "
+                "is degraded until it is back",
                 self._source.description,
+                trouble,
                 exc,
             )
 
@@ -208,7 +214,7 @@ class Bookkeeper:
         if self._outage_since is None:
             return
         logger.warning(
-            "Redis at %s is reachable again after %.1fs; re-registered %d running "
+            "Redis at %s works again after %.1fs; re-registered %d running "
             "task(s) and removed %d finished one(s)",
             self._source.description,
             time.monotonic() - self._outage_since,

@@ -24,18 +24,16 @@ import logging
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Final, cast
+from typing import Final, cast
 
 import attrs
+import redis
 
 from forkpool import _linux, _procfs
 from forkpool._entry import Keys, MalformedEntryError, TaskEntry
 from forkpool._procfs import LocalFacts
 from forkpool._redis import client_from_url
 from forkpool._tracking import default_host
-
-if TYPE_CHECKING:
-    import redis
 
 logger = logging.getLogger("forkpool.reaper")
 
@@ -234,7 +232,13 @@ class Reaper:
         """
         now = time.time() if now is None else now
         report = ReapReport()
-        entries = read_entries(client, self.keys)
+        try:
+            entries = read_entries(client, self.keys)
+        except redis.ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            self._drop_mistyped_keys(client)
+            entries = read_entries(client, self.keys)
         report.malformed = entries.malformed
         for task_id, problem in entries.malformed.items():
             logger.warning("removing malformed forkpool entry %s: %s", task_id, problem)
@@ -248,6 +252,14 @@ class Reaper:
         report.stale_hosts = self._forget_departed_hosts(client, now)
         self.cycles += 1
         return report
+
+    def _drop_mistyped_keys(self, client: redis.Redis) -> None:
+        """Delete this host's keys that hold the wrong Redis type (nothing can be read)."""
+        for key, expected in ((self.keys.meta, "hash"), (self.keys.active, "zset")):
+            actual = _text(cast("bytes", client.type(key)))
+            if actual not in (expected, "none"):
+                logger.warning("removing %s: it is a %s, not a %s", key, actual, expected)
+                client.delete(key)
 
     def _judge(self, entry: TaskEntry, lease: float, now: float, report: ReapReport) -> bool:
         """Act on one entry; True if it should be deleted."""

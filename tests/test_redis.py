@@ -243,7 +243,7 @@ class TestOutages:
         assert _entries(client, prefix) == {}
         messages = [r.getMessage() for r in caplog.records]
         assert sum("unreachable" in m for m in messages) == 1
-        assert sum("reachable again" in m for m in messages) == 1
+        assert sum("works again" in m for m in messages) == 1
         client.close()
 
     def test_stalled_redis_delays_no_task(self, own_server):
@@ -350,6 +350,21 @@ class TestReaper:
         logged = " ".join(r.getMessage() for r in caplog.records)
         for problem in ("not JSON", "missing fields", "a lease without metadata"):
             assert problem in logged
+
+    def test_keys_of_the_wrong_type_are_replaced(self, redis_url, client, prefix, caplog):
+        """A host key holding the wrong Redis type is removed; bookkeeping then works."""
+        caplog.set_level(logging.WARNING, logger="forkpool")
+        keys = Keys(prefix, HOST)
+        client.set(keys.meta, "not a hash")
+        client.rpush(keys.active, "not a zset")
+        with ForkPerTaskExecutor(1, redis=redis_url, key_prefix=prefix, host=HOST, **FAST) as ex:
+            future = ex.submit(_sleep, 2.0)
+            wait_for(lambda: client.type(keys.meta) == b"hash", 5, "the meta hash")
+            wait_for(lambda: _entries(client, prefix), 5, "the entry")
+            assert future.result(timeout=10) == "slept"
+        logged = " ".join(r.getMessage() for r in caplog.records)
+        assert "it is a string, not a hash" in logged
+        assert "it is a list, not a zset" in logged
 
     def test_expired_lease_with_live_parent_is_left_alone(self, redis_url, client, prefix, caplog):
         """An expired lease whose parent lives is logged once, never killed or removed."""

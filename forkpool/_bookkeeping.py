@@ -1,9 +1,10 @@
 """The Redis thread: writes entries in batches, renews leases, runs the reaper.
 
 The supervisor never waits on Redis. It hands this thread two kinds of event --
-a child was registered, a child was reaped -- and goes on. The thread coalesces
-them (a task that ended before its registration was written needs neither write),
-writes what is left in one transactional pipeline, and every ``reap_interval``
+a child was forked, a child exited -- and goes on. The thread lets events gather
+for a moment (``_LINGER``), coalesces them (a task that ended before its entry was
+written needs no write at all), writes what is left in one transactional
+pipeline, and every ``reap_interval``
 rewrites the full entry of every running child (so a Redis that restarted empty
 is repopulated without anyone noticing the restart), heartbeats the host, and
 runs a reaper cycle.
@@ -23,18 +24,21 @@ from typing import TYPE_CHECKING, Final
 
 import redis
 
+from forkpool import _procfs
 from forkpool._reaper import Reaper, Stopper
 
 if TYPE_CHECKING:
     from forkpool._entry import TaskEntry
     from forkpool._redis import RedisSource
-    from forkpool._tracking import TrackingContext
+    from forkpool._tracking import Forked, TrackingContext
 
 logger = logging.getLogger("forkpool.redis")
 
 # After a failed write, how long to wait before the next attempt (the client has
 # already retried with its own backoff by then).
 _RETRY_PAUSE: Final = 1.0
+# How long events gather before a write. Tasks shorter than this cost Redis nothing.
+_LINGER: Final = 0.05
 
 
 class Bookkeeper:
@@ -60,8 +64,12 @@ class Bookkeeper:
             stopper=Stopper(kill_grace),
             owner_id=context.executor_id,
         )
+        self._context = context
+        self._linger = min(_LINGER, reap_interval / 4)
         self._cond = threading.Condition()
-        self._running: dict[str, TaskEntry] = {}
+        self._running: dict[str, Forked] = {}
+        self._entries: dict[str, TaskEntry] = {}
+        self._pending_since: float | None = None
         self._unwritten: set[str] = set()
         self._removals: set[str] = set()
         self._closing = False
@@ -75,21 +83,31 @@ class Bookkeeper:
         """Start the thread; its first reaper cycle runs at once."""
         self._thread.start()
 
-    def register(self, entry: TaskEntry) -> None:
+    def register(self, forked: Forked) -> None:
         """A child was forked: record it (written soon, in a batch)."""
         with self._cond:
-            self._running[entry.task_id] = entry
-            self._unwritten.add(entry.task_id)
-            self._cond.notify()
+            self._running[forked.task_id] = forked
+            self._unwritten.add(forked.task_id)
+            self._note_pending()
 
     def remove(self, task_id: str) -> None:
-        """A child was reaped: forget it (its entry is deleted soon, if it was written)."""
+        """A child exited; call before reaping it, while its pid is still its own.
+
+        Its entry is deleted soon, if it was ever written.
+        """
         with self._cond:
             self._running.pop(task_id, None)
+            self._entries.pop(task_id, None)
             if task_id in self._unwritten:
                 self._unwritten.discard(task_id)
             else:
                 self._removals.add(task_id)
+                self._note_pending()
+
+    def _note_pending(self) -> None:
+        # Only the first event of a batch wakes the thread; it then lingers.
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
             self._cond.notify()
 
     def close(self, timeout: float | None = 0.0) -> bool:
@@ -130,7 +148,7 @@ class Bookkeeper:
                     if self._write(renew=True):
                         self._reap()
                     next_cycle = time.monotonic() + self._reap_interval
-                elif now >= self._retry_at:
+                elif now >= self._retry_at and self._pending_since is not None:
                     self._write(renew=False)
         except Exception:
             logger.exception("forkpool's Redis thread failed; bookkeeping stopped")
@@ -147,8 +165,8 @@ class Bookkeeper:
                 kill_due = self.reaper.stopper.next_deadline()
                 if kill_due is not None:
                     wake_at = min(wake_at, kill_due)
-                if self._unwritten or self._removals:
-                    wake_at = min(wake_at, self._retry_at)
+                if self._pending_since is not None and (self._unwritten or self._removals):
+                    wake_at = min(wake_at, max(self._retry_at, self._pending_since + self._linger))
                 if now >= wake_at:
                     break
                 self._cond.wait(wake_at - now)
@@ -157,10 +175,12 @@ class Bookkeeper:
     def _write(self, *, renew: bool) -> bool:
         """Write pending registrations and removals (all running entries if ``renew``)."""
         with self._cond:
+            self._pending_since = None
             ids = set(self._running) if renew else self._unwritten & self._running.keys()
-            entries = [self._running[task_id] for task_id in ids]
+            forked = [self._running[task_id] for task_id in ids]
             removals = set(self._removals)
             self._unwritten.clear()
+        entries = self._complete(forked)
         if not entries and not removals and not renew:
             return True
         now = time.time()
@@ -180,12 +200,36 @@ class Bookkeeper:
                 # Everything running must be rewritten once Redis is back: a server
                 # that restarted empty has lost even the entries written before.
                 self._unwritten = set(self._running)
+                if self._unwritten or self._removals:
+                    self._pending_since = time.monotonic()
             self._failed(exc)
             return False
         with self._cond:
             self._removals -= removals
         self._recovered(len(entries), len(removals))
         return True
+
+    def _complete(self, forked: list[Forked]) -> list[TaskEntry]:
+        """The full entries of these children, reading their start times once.
+
+        A start time read here is only used if the child is still registered
+        afterwards: the supervisor calls remove() before it reaps, so a child still
+        registered after the read was unreaped during it, and its pid was its own.
+        """
+        with self._cond:
+            known = {
+                f.task_id: self._entries[f.task_id] for f in forked if f.task_id in self._entries
+            }
+        fresh = {
+            f.task_id: (f, _procfs.start_ticks(f.pid)) for f in forked if f.task_id not in known
+        }
+        with self._cond:
+            for task_id, (child, pid_start) in fresh.items():
+                if task_id in self._running and pid_start is not None:
+                    known[task_id] = self._entries[task_id] = self._context.entry_for(
+                        child, pid_start
+                    )
+        return list(known.values())
 
     def _reap(self) -> None:
         try:

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from forkpool._options import ResolvedOptions
     from forkpool._tracking import TrackingContext
 
+from forkpool._tracking import Forked
+
 logger = logging.getLogger("forkpool")
 
 # Without pidfds, how often running children are checked for an exit.
@@ -344,15 +346,17 @@ class Supervisor:
         self._selector.register(read_fd, selectors.EVENT_READ, lambda: self._read(child))
         if pidfd is not None:
             self._selector.register(pidfd, selectors.EVENT_READ, lambda: self._reap(child))
-        if task_id is not None and self._tracking is not None and self._bookkeeper is not None:
-            entry = self._tracking.entry_for(
-                task_id,
-                pid,
-                qualified_name(item.fn),
-                timeout=item.options.timeout,
-                ttl=item.options.ttl,
+        if task_id is not None and self._bookkeeper is not None:
+            self._bookkeeper.register(
+                Forked(
+                    task_id=task_id,
+                    pid=pid,
+                    name=qualified_name(item.fn),
+                    started=time.time(),
+                    timeout=item.options.timeout,
+                    ttl=item.options.ttl,
+                )
             )
-            self._bookkeeper.register(entry)
         logger.debug("forked child %d for %r", pid, item.fn)
         return child
 
@@ -401,6 +405,8 @@ class Supervisor:
         # pins the group id, so this reaches only the task's own descendants.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)
+        if child.task_id is not None and self._bookkeeper is not None:
+            self._bookkeeper.remove(child.task_id)  # before the reap; see Bookkeeper.remove
         _, status, _rusage = os.wait4(child.pid, 0)
         if child.pidfd is not None:
             self._selector.unregister(child.pidfd)
@@ -408,8 +414,6 @@ class Supervisor:
             child.pidfd = None
         del self._children[child.pid]
         self._by_future.pop(child.future, None)
-        if child.task_id is not None and self._bookkeeper is not None:
-            self._bookkeeper.remove(child.task_id)
         exitcode, signum = _fork.describe_status(status)
         logger.debug("child %d ended (exit code %s, signal %s)", child.pid, exitcode, signum)
         self._settle(child, exitcode, signum)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from typing import Final
 
 import attrs
@@ -42,30 +41,33 @@ class TrackingContext:
             parent_start=_procfs.start_ticks(pid) or 0,
         )
 
-    def entry_for(
-        self,
-        task_id: str,
-        pid: int,
-        name: str,
-        *,
-        timeout: float | None,
-        ttl: float,
-    ) -> TaskEntry:
-        """The entry of a child just forked (and not yet reaped, so ``pid`` is it)."""
-        now = time.time()
+    def entry_for(self, child: Forked, pid_start: int) -> TaskEntry:
+        """The full entry of a forked child whose start time has been read."""
         return TaskEntry(
-            task_id=task_id,
+            task_id=child.task_id,
             host=self.keys.host,
-            pid=pid,
-            pid_start=_procfs.start_ticks(pid) or 0,
+            pid=child.pid,
+            pid_start=pid_start,
             boot_id=self.facts.boot_id,
             pidns=self.facts.pidns,
-            pgid=pid,
+            pgid=child.pid,
             parent_pid=self.parent_pid,
             parent_start=self.parent_start,
             executor_id=self.executor_id,
-            name=name,
-            started=now,
-            deadline=None if timeout is None else now + timeout,
-            ttl=ttl,
+            name=child.name,
+            started=child.started,
+            deadline=None if child.timeout is None else child.started + child.timeout,
+            ttl=child.ttl,
         )
+
+
+@attrs.frozen
+class Forked:
+    """What the supervisor knows of a child the moment it forks it (cheap to make)."""
+
+    task_id: str
+    pid: int
+    name: str
+    started: float
+    timeout: float | None
+    ttl: float

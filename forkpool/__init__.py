@@ -10,7 +10,9 @@ from forkpool._errors import (
 from forkpool._executor import ForkPerTaskExecutor
 from forkpool._future import ForkFuture
 from forkpool._options import options
+from forkpool._progress import report_progress
 from forkpool._reaper import kill_all
+from forkpool._usage import ResourceUsage
 
 __all__ = [
     "ChildDiedError",
@@ -18,8 +20,10 @@ __all__ = [
     "ForkPerTaskExecutor",
     "ForkPoolError",
     "RemoteTaskError",
+    "ResourceUsage",
     "ResultNotPicklableError",
     "TaskTimeoutError",
     "kill_all",
     "options",
+    "report_progress",
 ]

@@ -7,6 +7,8 @@ import signal as _signal
 import sys
 from concurrent.futures.process import BrokenProcessPool
 
+from forkpool._usage import ResourceUsage, format_bytes
+
 # On 3.10 concurrent.futures has its own TimeoutError; from 3.11 it is the builtin.
 # TaskTimeoutError derives from both so ``except TimeoutError`` works however it is spelled.
 _TIMEOUT_BASES: tuple[type[BaseException], ...] = (
@@ -70,6 +72,7 @@ class ChildDiedError(ForkPoolError, BrokenProcessPool):
         pid: The child's process id.
         exitcode: Its exit status when it exited normally, else None.
         signal: The number of the signal that killed it, else None.
+        rusage: What the child used (peak RSS, CPU, wall time), when known.
     """
 
     def __init__(
@@ -78,24 +81,34 @@ class ChildDiedError(ForkPoolError, BrokenProcessPool):
         exitcode: int | None,
         signal: int | None,
         detail: str = "",
+        rusage: ResourceUsage | None = None,
     ) -> None:
-        super().__init__(_describe_death(pid, exitcode, signal, detail))
+        super().__init__(_describe_death(pid, exitcode, signal, detail, rusage))
         self.pid = pid
         self.exitcode = exitcode
         self.signal = signal
         self.detail = detail
+        self.rusage = rusage
 
     def __reduce__(
         self,
-    ) -> tuple[type[ChildDiedError], tuple[int, int | None, int | None, str]]:
-        return (type(self), (self.pid, self.exitcode, self.signal, self.detail))
+    ) -> tuple[type[ChildDiedError], tuple[int, int | None, int | None, str, ResourceUsage | None]]:
+        return (type(self), (self.pid, self.exitcode, self.signal, self.detail, self.rusage))
 
 
-def _describe_death(pid: int, exitcode: int | None, signum: int | None, detail: str) -> str:
+def _describe_death(
+    pid: int,
+    exitcode: int | None,
+    signum: int | None,
+    detail: str,
+    rusage: ResourceUsage | None,
+) -> str:
     if signum is not None:
         name = signal_name(signum)
         hint = _SIGNAL_HINTS.get(signum)
         message = f"child {pid} was killed by {name}" + (f" ({hint})" if hint else "")
+        if rusage is not None:
+            message += f" with {format_bytes(rusage.max_rss_bytes)} peak RSS"
     elif exitcode is not None:
         message = f"child {pid} exited with code {exitcode} without sending a result"
     else:

@@ -55,6 +55,7 @@ from forkpool._options import (
     ResolvedOptions,
     TaskWithOptions,
     check_kill_grace,
+    check_memory_limit,
     check_positive,
     check_timeout,
     options_of,
@@ -120,6 +121,9 @@ class ForkPerTaskExecutor(Executor):
             ``2 * reap_interval``.
         reap_interval: Seconds between the Redis thread's cycles (renew own leases,
             reap orphans of dead executors on this host).
+        memory_limit: Bytes each task may allocate beyond what its child
+            inherited (``RLIMIT_DATA``); past that the task gets ``MemoryError``
+            instead of meeting the OOM killer. None: no cap.
 
     Raises:
         ForkPoolError: The platform cannot fork.
@@ -150,6 +154,7 @@ class ForkPerTaskExecutor(Executor):
         host: str | None = None,
         ttl: float = 900,
         reap_interval: float = 30,
+        memory_limit: int | None = None,
     ) -> None:
         if not _can_fork():
             raise platform_error()
@@ -175,6 +180,7 @@ class ForkPerTaskExecutor(Executor):
             timeout=check_timeout(timeout),
             kill_grace=check_kill_grace(kill_grace),
             ttl=_check_ttl(ttl, self._reap_interval),
+            memory_limit=check_memory_limit(memory_limit),
         )
         self._config = SupervisorConfig(
             max_workers=self._max_workers,

@@ -45,16 +45,19 @@ import io
 import logging
 import os
 import re
+import resource
 import signal
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
 
 import attrs
 
 from forkpool import _linux, _procfs
-from forkpool._wire import Kind, encode_exception, encode_result, write_frame
+from forkpool._progress import open_channel
+from forkpool._wire import Kind, encode_exception, encode_result
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -96,6 +99,7 @@ class ChildTask:
     initargs: tuple[Any, ...] = ()
     child_post_fork: Callable[..., object] | None = None
     task_id: str | None = None
+    memory_limit: int | None = None
 
 
 @attrs.define
@@ -234,6 +238,7 @@ def _run_child(
 ) -> NoReturn:
     status = EXIT_UNREPORTED
     try:
+        channel = open_channel(write_fd)
         _become_independent(setup)
         if task.task_id is not None:
             _mark(task.task_id)
@@ -243,6 +248,8 @@ def _run_child(
         setup.spares.install(setup.handlers)
         _give_fresh_streams(setup.busy_handlers)
         try:
+            if task.memory_limit is not None:
+                _cap_memory(task.memory_limit)
             if task.child_post_fork is not None:
                 task.child_post_fork(task.fn, task.args, task.kwargs)
             if task.initializer is not None:
@@ -253,13 +260,35 @@ def _run_child(
         else:
             kind, payload = encode_result(value)
             del value
-        write_frame(write_fd, kind, payload)
+        channel.send(kind, payload)
         status = 0
     except BaseException:  # noqa: BLE001, S110 - nothing may escape a child; the parent sees the status
         pass
     finally:
         _flush_stdio()
         os._exit(status)
+
+
+def _cap_memory(limit: int) -> None:
+    """Let this process allocate at most ``limit`` bytes more than it inherited.
+
+    RLIMIT_DATA counts private writable memory (heap, anonymous mappings, thread
+    stacks), which is what a Python task's objects and buffers occupy. RLIMIT_AS
+    would also count shared libraries and address space merely reserved (glibc
+    arenas, numpy/BLAS thread buffers), and fail tasks that are well within budget.
+    The inherited part is measured from ``VmData`` so that a large parent does not
+    eat the task's budget.
+    """
+    inherited = 0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmData:"):
+            inherited = int(line.split()[1]) * 1024
+            break
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    cap = inherited + limit
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
 
 
 def _mark(task_id: str) -> None:

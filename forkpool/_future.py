@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import Future
 from concurrent.futures._base import (
     CANCELLED,
@@ -10,10 +11,14 @@ from concurrent.futures._base import (
     PENDING,
     RUNNING,
 )
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from forkpool._usage import ResourceUsage
+
+logger = logging.getLogger("forkpool")
 
 T = TypeVar("T")
 
@@ -28,13 +33,45 @@ class ForkFuture(Future[T]):
 
     Attributes:
         pid: The child's process id, None until the task has been forked.
+        rusage: What the child used (:class:`ResourceUsage`), once it is reaped.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.pid: int | None = None
+        self.rusage: ResourceUsage | None = None
         # Set by the executor: asks its supervisor to drop or stop this task.
         self._on_cancel: Callable[[ForkFuture[T]], None] | None = None
+        self._progress: object = None
+        self._progress_seen = False
+        self._progress_callbacks: list[Callable[[ForkFuture[T], Any], object]] = []
+
+    @property
+    def progress(self) -> object:
+        """The latest value the task sent with ``report_progress()`` (None before any)."""
+        return self._progress
+
+    def add_progress_callback(self, fn: Callable[[ForkFuture[T], Any], object]) -> None:
+        """Call ``fn(future, value)`` for each progress value the task reports.
+
+        Callbacks run in the executor's supervisor thread, so they should be quick.
+        If the task already reported progress, ``fn`` is called at once, in this
+        thread, with the latest value; none is lost. Exceptions from ``fn`` are
+        logged and ignored.
+        """
+        with self._condition:
+            self._progress_callbacks.append(fn)
+            seen, latest = self._progress_seen, self._progress
+        if seen:
+            _call_progress_callback(fn, self, latest)
+
+    def _report_progress(self, value: object) -> None:
+        with self._condition:
+            self._progress = value
+            self._progress_seen = True
+            callbacks = list(self._progress_callbacks)
+        for fn in callbacks:
+            _call_progress_callback(fn, self, value)
 
     def __repr__(self) -> str:
         # Future's internals (_state, _condition, ...) are read and written here as
@@ -97,3 +134,12 @@ class ForkFuture(Future[T]):
                     waiter.add_result(self)
             self._condition.notify_all()
         Future._invoke_callbacks(self)  # type: ignore[attr-defined]  # noqa: SLF001
+
+
+def _call_progress_callback(
+    fn: Callable[[ForkFuture[Any], Any], object], future: ForkFuture[Any], value: object
+) -> None:
+    try:
+        fn(future, value)
+    except Exception:
+        logger.exception("progress callback %r of %r raised", fn, future)

@@ -63,6 +63,19 @@ def check_positive(value: object, name: str) -> float:
     return number
 
 
+def check_memory_limit(value: object, name: str = "memory_limit") -> int | None:
+    """Validate a memory limit: None, or a whole number of bytes > 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        msg = f"{name} must be None or a number of bytes (int), got {type(value).__name__}"
+        raise TypeError(msg)
+    if value <= 0:
+        msg = f"{name} must be a number of bytes > 0, got {value}"
+        raise ValueError(msg)
+    return value
+
+
 def check_kill_grace(value: object, name: str = "kill_grace") -> float:
     """Validate a kill grace: a finite number >= 0."""
     number = _as_number(value, name)
@@ -86,6 +99,7 @@ class TaskOptions:
     timeout: float | _Unset | None = UNSET
     kill_grace: float | _Unset = UNSET
     ttl: float | _Unset = UNSET
+    memory_limit: int | _Unset | None = UNSET
 
     def over(self, base: TaskOptions) -> TaskOptions:
         """Return these options with unset fields taken from ``base``."""
@@ -93,6 +107,7 @@ class TaskOptions:
             timeout=base.timeout if self.timeout is UNSET else self.timeout,
             kill_grace=base.kill_grace if self.kill_grace is UNSET else self.kill_grace,
             ttl=base.ttl if self.ttl is UNSET else self.ttl,
+            memory_limit=base.memory_limit if self.memory_limit is UNSET else self.memory_limit,
         )
 
 
@@ -103,6 +118,7 @@ class ResolvedOptions:
     timeout: float | None
     kill_grace: float
     ttl: float
+    memory_limit: int | None = None
 
 
 def resolve(fn: object, defaults: ResolvedOptions) -> ResolvedOptions:
@@ -112,6 +128,9 @@ def resolve(fn: object, defaults: ResolvedOptions) -> ResolvedOptions:
         timeout=defaults.timeout if merged.timeout is UNSET else merged.timeout,
         kill_grace=defaults.kill_grace if merged.kill_grace is UNSET else merged.kill_grace,
         ttl=defaults.ttl if merged.ttl is UNSET else merged.ttl,
+        memory_limit=(
+            defaults.memory_limit if merged.memory_limit is UNSET else merged.memory_limit
+        ),
     )
 
 
@@ -180,6 +199,7 @@ def options(
     timeout: float | _Unset | None = UNSET,
     kill_grace: float | _Unset = UNSET,
     ttl: float | _Unset = UNSET,
+    memory_limit: int | _Unset | None = UNSET,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Attach per-callable settings, as a decorator or at a call site.
 
@@ -189,6 +209,8 @@ def options(
         kill_grace: Seconds between SIGTERM and SIGKILL when the task is stopped.
         ttl: Lease length, in seconds, of the task's Redis entry (renewed by its
             owner while it runs). Must exceed twice the executor's reap_interval.
+        memory_limit: Bytes the task may allocate beyond what its child inherited;
+            past that, allocations raise MemoryError in the task. None: no cap.
 
     Returns:
         A function that wraps a callable with these settings, leaving it unchanged.
@@ -208,6 +230,7 @@ def options(
         timeout=timeout if timeout is UNSET else check_timeout(timeout),
         kill_grace=kill_grace if kill_grace is UNSET else check_kill_grace(kill_grace),
         ttl=ttl if ttl is UNSET else check_positive(ttl, "ttl"),
+        memory_limit=memory_limit if memory_limit is UNSET else check_memory_limit(memory_limit),
     )
 
     def apply(fn: Callable[P, R]) -> Callable[P, R]:

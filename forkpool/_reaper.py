@@ -59,6 +59,10 @@ class Stopper:
         else:
             self._pending.append((time.monotonic() + self.grace, targets))
 
+    def release(self, targets: list[int]) -> None:
+        """Let go of targets without signalling them."""
+        _close_all(targets)
+
     def next_deadline(self) -> float | None:
         """When the earliest SIGKILL is due (monotonic), if any."""
         return min((deadline for deadline, _ in self._pending), default=None)

@@ -19,6 +19,7 @@ import contextlib
 import enum
 import logging
 import os
+import pickle
 import selectors
 import signal
 import threading
@@ -31,6 +32,7 @@ import attrs
 from forkpool import _fork, _linux, _wire
 from forkpool._errors import ChildDiedError, ForkPoolError, TaskTimeoutError
 from forkpool._options import qualified_name
+from forkpool._usage import ResourceUsage
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -299,6 +301,7 @@ class Supervisor:
             initargs=self._config.initargs,
             child_post_fork=hooks.child_post_fork,
             task_id=task_id,
+            memory_limit=item.options.memory_limit,
         )
         try:
             pid = self._forker.fork(task, write_fd, self._parent_fds(read_fd))
@@ -380,6 +383,9 @@ class Supervisor:
             self._stop(child, StopReason.CORRUPT, signal.SIGKILL, error=exc)
             return
         for frame in frames:
+            if frame.kind is _wire.Kind.PROGRESS:
+                self._deliver_progress(child, frame.payload)
+                continue
             if child.outcome is not None:
                 self._close_pipe(child)
                 error = _wire.FrameError("a second outcome frame after the first")
@@ -388,6 +394,19 @@ class Supervisor:
             child.outcome = frame
         if child.reader.eof:
             self._close_pipe(child)
+
+    def _deliver_progress(self, child: Child, payload: bytes | bytearray) -> None:
+        try:
+            value = pickle.loads(payload)  # noqa: S301 - bytes from our own child
+        except Exception:
+            logger.warning(
+                "ignoring a progress value from child %d that does not unpickle",
+                child.pid,
+                exc_info=True,
+            )
+            return
+        if child.stop_reason is not StopReason.CANCELLED:
+            child.future._report_progress(value)  # noqa: SLF001
 
     def _close_pipe(self, child: Child) -> None:
         if child.read_fd is not None:
@@ -407,7 +426,9 @@ class Supervisor:
             os.killpg(child.pid, signal.SIGKILL)
         if child.task_id is not None and self._bookkeeper is not None:
             self._bookkeeper.remove(child.task_id)  # before the reap; see Bookkeeper.remove
-        _, status, _rusage = os.wait4(child.pid, 0)
+        _, status, raw_usage = os.wait4(child.pid, 0)
+        usage = ResourceUsage.from_rusage(raw_usage, time.monotonic() - child.started)
+        child.future.rusage = usage
         if child.pidfd is not None:
             self._selector.unregister(child.pidfd)
             os.close(child.pidfd)
@@ -415,10 +436,14 @@ class Supervisor:
         del self._children[child.pid]
         self._by_future.pop(child.future, None)
         exitcode, signum = _fork.describe_status(status)
-        logger.debug("child %d ended (exit code %s, signal %s)", child.pid, exitcode, signum)
-        self._settle(child, exitcode, signum)
+        logger.debug(
+            "child %d ended (exit code %s, signal %s): %s", child.pid, exitcode, signum, usage
+        )
+        self._settle(child, exitcode, signum, usage)
 
-    def _settle(self, child: Child, exitcode: int | None, signum: int | None) -> None:
+    def _settle(
+        self, child: Child, exitcode: int | None, signum: int | None, usage: ResourceUsage
+    ) -> None:
         future, reason, outcome = child.future, child.stop_reason, child.outcome
         if reason is StopReason.CANCELLED:
             return
@@ -437,7 +462,7 @@ class Supervisor:
             detail = f"{detail} ({child.stop_error})"
         elif reason is None and child.reader.mid_frame:
             detail = "its result was cut short"
-        error = ChildDiedError(child.pid, exitcode, signum, detail)
+        error = ChildDiedError(child.pid, exitcode, signum, detail, usage)
         future._resolve(exception=error)  # noqa: SLF001
 
     def _resolve_outcome(self, future: ForkFuture[Any], outcome: _wire.Frame) -> None:

@@ -1,8 +1,8 @@
 """The child-to-parent wire: length-prefixed frames on one pipe, and what they carry.
 
 A frame is ``b"fp"``, one kind byte, the payload length as an unsigned 64-bit
-little-endian integer, then the payload. A child sends at most one outcome frame
-(``RESULT`` or ``RAISED``), always last; later issues add frames before it.
+little-endian integer, then the payload. A child sends any number of ``PROGRESS``
+frames, then at most one outcome frame (``RESULT`` or ``RAISED``), always last.
 
 The parent parses incrementally (:class:`FrameReader`) as bytes arrive, so a child
 blocked on a full pipe is always drained. Any byte sequence in gives frames or a
@@ -45,6 +45,7 @@ class Kind(enum.IntEnum):
 
     RESULT = 1
     RAISED = 2
+    PROGRESS = 3
 
 
 class FrameError(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import pickle
+import re
 import signal
 import threading
 from concurrent.futures.process import BrokenProcessPool
@@ -155,7 +156,11 @@ class TestChildDeath:
         error = info.value
         assert error.signal == signal.SIGKILL
         assert error.exitcode is None
-        assert str(error) == f"child {error.pid} was killed by SIGKILL (possibly the OOM killer)"
+        assert re.fullmatch(
+            rf"child {error.pid} was killed by SIGKILL \(possibly the OOM killer\) "
+            r"with \d+\.\d MiB peak RSS",
+            str(error),
+        )
 
     def test_segfault(self, ex):
         """A segfault fails only its own future, and names SIGSEGV."""

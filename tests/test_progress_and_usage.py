@@ -1,0 +1,189 @@
+"""Progress reports, resource usage and memory caps of tasks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from helpers import wait_for
+
+import forkpool
+from forkpool import ChildDiedError, ForkPerTaskExecutor, ResourceUsage
+
+
+def _count_up(n: int, pause: float = 0.0) -> str:
+    for i in range(n):
+        forkpool.report_progress({"done": i + 1, "of": n})
+        time.sleep(pause)
+    return "finished"
+
+
+def _report_then_wait(gate: str) -> str:
+    forkpool.report_progress("first")
+    forkpool.report_progress("second")
+    while not os.path.exists(gate):  # noqa: PTH110 - polling a file the test creates
+        time.sleep(0.01)
+    return "released"
+
+
+class TestProgress:
+    def test_every_value_reaches_the_callback_in_order(self):
+        """Each reported value reaches progress callbacks, in order, before the result."""
+        seen: list[object] = []
+        with ForkPerTaskExecutor(1) as ex:
+            future = ex.submit(_count_up, 50)
+            future.add_progress_callback(lambda f, value: seen.append(value))
+            assert future.result(timeout=10) == "finished"
+        assert seen[-1] == {"done": 50, "of": 50}
+        dones = [value["done"] for value in seen]
+        assert dones == sorted(dones)
+        assert future.progress == {"done": 50, "of": 50}
+
+    def test_late_callback_gets_the_latest_value_at_once(self, tmp_path):
+        """A callback added after reports were made is called at once with the latest."""
+        gate = tmp_path / "gate"
+        with ForkPerTaskExecutor(1) as ex:
+            future = ex.submit(_report_then_wait, str(gate))
+            wait_for(lambda: future.progress == "second", 10, "both reports")
+            seen: list[object] = []
+            future.add_progress_callback(lambda f, value: seen.append((f, value)))
+            assert seen == [(future, "second")]
+            gate.touch()
+            assert future.result(timeout=10) == "released"
+
+    def test_progress_is_none_before_any_report(self):
+        """progress is None for a task that never reports."""
+        with ForkPerTaskExecutor(1) as ex:
+            future = ex.submit(pow, 2, 2)
+            future.result(timeout=10)
+        assert future.progress is None
+
+    def test_reports_from_threads_stay_whole(self):
+        """Reports from several threads of a task arrive intact, none lost."""
+
+        def chatty() -> int:
+            def report(thread: int) -> None:
+                for i in range(200):
+                    forkpool.report_progress((thread, i, "x" * 1000))
+
+            threads = [threading.Thread(target=report, args=(t,)) for t in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return 800
+
+        seen: list[tuple[int, int, str]] = []
+        with ForkPerTaskExecutor(1) as ex:
+            future = ex.submit(chatty)
+            future.add_progress_callback(lambda f, value: seen.append(value))
+            assert future.result(timeout=20) == 800
+        assert len(seen) == 800
+        assert {(t, i) for t, i, _ in seen} == {(t, i) for t in range(4) for i in range(200)}
+
+    def test_failing_callback_is_logged_not_fatal(self, caplog):
+        """A progress callback that raises is logged; the task and others go on."""
+        seen: list[object] = []
+        with ForkPerTaskExecutor(1) as ex:
+            future = ex.submit(_count_up, 5, 0.01)
+            future.add_progress_callback(lambda f, value: 1 // 0)
+            future.add_progress_callback(lambda f, value: seen.append(value))
+            assert future.result(timeout=10) == "finished"
+        assert len(seen) >= 1
+        assert "progress callback" in caplog.text
+
+    def test_unpicklable_progress_fails_the_task(self):
+        """A progress value that cannot be pickled raises in the task, naming its type."""
+        with (
+            ForkPerTaskExecutor(1) as ex,
+            pytest.raises(forkpool.ResultNotPicklableError, match="progress value of type lock"),
+        ):
+            ex.submit(lambda: forkpool.report_progress(threading.Lock())).result(timeout=10)
+
+    def test_outside_a_child_it_warns(self):
+        """report_progress() outside a forkpool child does nothing but warn."""
+        with pytest.warns(RuntimeWarning, match="outside a forkpool task"):
+            forkpool.report_progress(1)
+
+
+class TestResourceUsage:
+    def test_usage_after_reaping(self):
+        """A reaped task's future carries its peak RSS and CPU and wall times."""
+        with ForkPerTaskExecutor(1) as ex:
+            future = ex.submit(lambda: len(bytearray(64 << 20)) and sum(range(3_000_000)))
+            future.result(timeout=20)
+        usage = future.rusage
+        assert isinstance(usage, ResourceUsage)
+        assert usage.max_rss_bytes >= 64 << 20
+        assert usage.user_time > 0
+        assert usage.wall_time >= usage.user_time * 0.5
+        assert "MiB peak RSS" in str(usage)
+
+    def test_usage_is_none_before_the_end(self):
+        """rusage is None while the task runs."""
+        with ForkPerTaskExecutor(1) as ex:
+            future = ex.submit(time.sleep, 0.5)
+            wait_for(lambda: future.pid is not None, 10, "the fork")
+            assert future.rusage is None
+            future.result(timeout=10)
+        assert future.rusage is not None
+
+    def test_died_error_carries_peak_rss(self):
+        """ChildDiedError carries rusage and names the peak RSS with the signal."""
+
+        def bloat_then_die() -> None:
+            blob = bytearray(96 << 20)
+            blob[::4096] = b"x" * len(blob[::4096])
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        with ForkPerTaskExecutor(1) as ex, pytest.raises(ChildDiedError) as info:
+            ex.submit(bloat_then_die).result(timeout=10)
+        error = info.value
+        assert error.rusage is not None
+        assert error.rusage.max_rss_bytes >= 96 << 20
+        assert "MiB peak RSS" in str(error)
+
+    def test_usage_is_logged_at_debug(self, caplog):
+        """Every reaped task's usage is logged at DEBUG."""
+        caplog.set_level("DEBUG", logger="forkpool")
+        with ForkPerTaskExecutor(1) as ex:
+            future = ex.submit(pow, 2, 2)
+            future.result(timeout=10)
+        assert f"child {future.pid} ended" in caplog.text
+        assert "peak RSS" in caplog.text
+
+
+class TestMemoryLimit:
+    def test_runaway_task_gets_memory_error(self):
+        """A task allocating past memory_limit gets MemoryError; the executor goes on."""
+        with ForkPerTaskExecutor(1, memory_limit=128 << 20) as ex:
+            with pytest.raises(MemoryError):
+                ex.submit(lambda: bytearray(512 << 20)).result(timeout=20)
+            with pytest.raises(MemoryError):
+                ex.submit(lambda: [str(i) for i in range(20_000_000)]).result(timeout=60)
+            assert ex.submit(lambda: len(bytearray(64 << 20))).result(timeout=20) == 64 << 20
+
+    def test_budget_is_on_top_of_what_the_parent_holds(self):
+        """A large parent does not eat the task's budget: the cap is what the task adds."""
+        ballast = bytearray(256 << 20)
+        with ForkPerTaskExecutor(1, memory_limit=64 << 20) as ex:
+            assert ex.submit(lambda: len(bytearray(32 << 20))).result(timeout=20) == 32 << 20
+        del ballast
+
+    def test_per_callable_memory_limit(self):
+        """options(memory_limit=...) caps one callable; None lifts the executor's cap."""
+        capped = forkpool.options(memory_limit=32 << 20)(bytearray)
+        free = forkpool.options(memory_limit=None)(bytearray)
+        with ForkPerTaskExecutor(1, memory_limit=16 << 20) as ex:
+            with pytest.raises(MemoryError):
+                ex.submit(capped, 64 << 20).result(timeout=20)
+            assert len(ex.submit(free, 64 << 20).result(timeout=20)) == 64 << 20
+
+    @pytest.mark.parametrize(("value", "error"), [(0, ValueError), (1.5, TypeError)])
+    def test_invalid_limits(self, value, error):
+        """memory_limit must be a positive int or None."""
+        with pytest.raises(error, match="memory_limit"):
+            ForkPerTaskExecutor(memory_limit=value)

@@ -1,0 +1,303 @@
+"""The ``forkpool`` command: look at and act on the children tracked in Redis.
+
+``forkpool ps``, ``forkpool reap``, ``forkpool kill-all`` and ``forkpool demo``.
+Every error is one line on stderr and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+import attrs
+import redis
+
+from forkpool import _procfs
+from forkpool._entry import Keys, TaskEntry
+from forkpool._reaper import Reaper, Stopper, parent_alive, read_entries
+from forkpool._redis import URL_ENV, client_from_url, redact
+from forkpool._tracking import default_host
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+EXIT_ERROR = 2
+EXIT_REFUSED = 1
+
+
+class CliError(Exception):
+    """An error to report as one line and a non-zero exit."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(name)s: %(message)s",
+    )
+    try:
+        status: int = args.run(args)
+    except CliError as exc:
+        _fail(str(exc))
+        return EXIT_ERROR
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        _fail(f"cannot reach Redis at {args.redis_label}: {exc}")
+        return EXIT_ERROR
+    except redis.RedisError as exc:
+        _fail(f"Redis at {args.redis_label} failed: {exc}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+    return status
+
+
+def _fail(message: str) -> None:
+    print(f"forkpool: error: {message}", file=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--redis",
+        metavar="URL",
+        default=os.environ.get(URL_ENV) or None,
+        help=f"Redis URL (default: ${URL_ENV})",
+    )
+    common.add_argument("--prefix", default="forkpool", help="key prefix (default: forkpool)")
+    common.add_argument(
+        "--host",
+        default=None,
+        help="host name in Redis (default: $FORKPOOL_HOST, else this machine's name)",
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+
+    parser = argparse.ArgumentParser(
+        prog="forkpool",
+        description="Inspect and manage the children of forkpool executors tracked in Redis.",
+        parents=[common],
+    )
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    ps = commands.add_parser("ps", parents=[common], help="list tracked children")
+    ps.add_argument("--all-hosts", action="store_true", help="every host, not just this one")
+    ps.add_argument("--json", action="store_true", help="print a JSON list")
+    ps.set_defaults(run=_run_ps)
+
+    reap = commands.add_parser("reap", parents=[common], help="run one reaper cycle for this host")
+    reap.add_argument("--ttl", type=float, default=900, help="when other hosts count as gone")
+    reap.add_argument("--grace", type=float, default=5.0, help="seconds from SIGTERM to SIGKILL")
+    reap.set_defaults(run=_run_reap)
+
+    kill = commands.add_parser(
+        "kill-all", parents=[common], help="stop every tracked child of this host"
+    )
+    kill.add_argument("--yes", action="store_true", help="really stop them")
+    kill.set_defaults(run=_run_kill_all)
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[common],
+        help="show forkpool against ProcessPoolExecutor (starts Valkey if needed)",
+    )
+    demo.add_argument("--tasks", type=_positive_int, default=8, help="tasks per executor")
+    demo.set_defaults(run=_run_demo)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        msg = f"must be at least 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _client(args: argparse.Namespace) -> redis.Redis:
+    args.redis_label = "(none)"
+    if not args.redis:
+        msg = f"no Redis configured: pass --redis URL or set {URL_ENV}"
+        raise CliError(msg)
+    args.redis_label = redact(args.redis)
+    try:
+        return client_from_url(args.redis)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _host(args: argparse.Namespace) -> str:
+    return default_host() if args.host is None else args.host
+
+
+# --- ps --------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Row:
+    """One tracked child as ``forkpool ps`` shows it."""
+
+    entry: TaskEntry
+    lease_expires: float
+    parent_alive: bool | None
+
+    def as_json(self) -> dict[str, Any]:
+        """The entry's fields plus ``lease_expires`` and ``parent_alive``."""
+        return {
+            **attrs.asdict(self.entry),
+            "lease_expires": self.lease_expires,
+            "parent_alive": self.parent_alive,
+        }
+
+
+def collect_rows(client: redis.Redis, prefix: str, hosts: list[str]) -> list[Row]:
+    """Read the tracked children of ``hosts``; malformed entries are reported, skipped."""
+    local = default_host()
+    facts = _procfs.LocalFacts.current()
+    rows: list[Row] = []
+    for host in hosts:
+        entries = read_entries(client, Keys(prefix, host))
+        for task_id, problem in sorted(entries.malformed.items()):
+            print(
+                f"forkpool: skipping malformed entry {task_id} on {host}: {problem}",
+                file=sys.stderr,
+            )
+        for entry, lease in entries.valid.values():
+            here = host == local and entry.boot_id == facts.boot_id
+            rows.append(Row(entry, lease, parent_alive(entry) if here else None))
+    rows.sort(key=lambda row: (row.entry.host, row.entry.started))
+    return rows
+
+
+def render_table(rows: list[Row], now: float) -> str:
+    """An aligned table of rows, for people."""
+    header = ("HOST", "TASK", "PID", "NAME", "AGE", "DEADLINE IN", "LEASE LEFT", "PARENT")
+    lines = [header]
+    for row in rows:
+        entry = row.entry
+        lines.append(
+            (
+                entry.host,
+                entry.task_id[:12],
+                str(entry.pid),
+                entry.name,
+                _duration(now - entry.started),
+                "-" if entry.deadline is None else _duration(entry.deadline - now),
+                _duration(row.lease_expires - now),
+                {True: "alive", False: "dead", None: "?"}[row.parent_alive],
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def _duration(seconds: float) -> str:
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    if seconds < 60:  # noqa: PLR2004 - one minute
+        return f"{sign}{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{sign}{hours}h{minutes:02d}m" if hours else f"{sign}{minutes}m{secs:02d}s"
+
+
+def _run_ps(args: argparse.Namespace) -> int:
+    client = _client(args)
+    with client:
+        keys = Keys(args.prefix, _host(args))
+        members = cast("list[bytes]", client.zrange(keys.hosts, 0, -1))
+        known = sorted(member.decode() for member in members)
+        if args.all_hosts:
+            hosts = known
+        else:
+            hosts = [keys.host]
+            if keys.host not in known and not client.exists(keys.meta, keys.active):
+                listed = ", ".join(known) or "none"
+                msg = (
+                    f"unknown host {keys.host!r} under prefix {args.prefix!r} "
+                    f"(known hosts: {listed})"
+                )
+                raise CliError(msg)
+        rows = collect_rows(client, args.prefix, hosts)
+    if args.json:
+        print(json.dumps([row.as_json() for row in rows], indent=2))
+    elif rows:
+        print(render_table(rows, time.time()))
+    else:
+        print(f"no tracked children on {', '.join(hosts) or 'any host'}")
+    return 0
+
+
+# --- reap and kill-all -----------------------------------------------------------------
+
+
+def _run_reap(args: argparse.Namespace) -> int:
+    client = _client(args)
+    stopper = Stopper(grace=args.grace)
+    reaper = Reaper(
+        keys=Keys(args.prefix, _host(args)),
+        facts=_procfs.LocalFacts.current(),
+        ttl=args.ttl,
+        stopper=stopper,
+    )
+    with client:
+        report = reaper.cycle(client)
+    for entry in report.stopped:
+        print(f"stopped task {entry.task_id} (pid {entry.pid}, {entry.name}): parent gone")
+    if report.orphans_stopped:
+        print(f"stopped {report.orphans_stopped} orphaned descendant process(es)")
+    for task_id in report.removed:
+        print(f"removed entry {task_id}")
+    for host in report.stale_hosts:
+        print(f"forgot departed host {host}")
+    if not (report.stopped or report.removed or report.stale_hosts or report.orphans_stopped):
+        print("nothing to reap")
+    # Wait out the grace so that whatever ignored SIGTERM gets SIGKILL.
+    while (deadline := stopper.next_deadline()) is not None:
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        stopper.escalate()
+    return 0
+
+
+def _run_kill_all(args: argparse.Namespace) -> int:
+    from forkpool._reaper import kill_all, same_context, task_processes  # noqa: PLC0415
+
+    client = _client(args)
+    host = _host(args)
+    with client:
+        if not args.yes:
+            facts = _procfs.LocalFacts.current()
+            entries = read_entries(client, Keys(args.prefix, host))
+            alive = []
+            for entry, _ in entries.valid.values():
+                if same_context(entry, facts):
+                    found, handles = task_processes(entry, facts)
+                    Stopper(grace=0).release(handles)
+                    if found:
+                        alive.append(entry)
+            for entry in alive:
+                print(f"would stop task {entry.task_id} (pid {entry.pid}, {entry.name})")
+            print(f"{len(alive)} tracked child(ren) on {host}; pass --yes to stop them")
+            return EXIT_REFUSED
+        stopped = kill_all(client, host=host, key_prefix=args.prefix)
+    print(f"stopped {stopped} tracked child(ren) on {host}")
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from forkpool._demo import run_demo  # noqa: PLC0415 - heavy, and only for the demo
+
+    args.redis_label = redact(args.redis) if args.redis else "(embedded)"
+    return run_demo(args.tasks, redis_url=args.redis, prefix=args.prefix, host=args.host)

@@ -1,0 +1,235 @@
+"""The forkpool command, run for real in a subprocess against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import free_port, wait_for
+
+from forkpool import ForkPerTaskExecutor
+from forkpool._entry import Keys
+
+pytestmark = pytest.mark.redis
+
+HOST = "cli-host"
+
+
+def forkpool_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60):
+    """Run ``python -m forkpool ARGS``; return the completed process."""
+    return subprocess.run(
+        [sys.executable, "-m", "forkpool", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+@pytest.fixture(name="busy")
+def fixture_busy(redis_url, client, prefix):
+    """An executor with two tracked children running for the test's duration."""
+    with ForkPerTaskExecutor(
+        2, redis=redis_url, key_prefix=prefix, host=HOST, reap_interval=0.2, ttl=1.0
+    ) as ex:
+        futures = [ex.submit(_sleep, 30) for _ in range(2)]
+        wait_for(lambda: client.hlen(Keys(prefix, HOST).meta) == 2, 5, "both entries")
+        yield futures
+        ex.kill_workers()
+
+
+class TestPs:
+    def test_table(self, redis_url, prefix, busy):
+        """ps prints an aligned table of this host's children."""
+        result = forkpool_cli("ps", "--redis", redis_url, "--prefix", prefix, "--host", HOST)
+        assert result.returncode == 0, result.stderr
+        header, *rows = result.stdout.splitlines()
+        assert header.split() == [
+            "HOST",
+            "TASK",
+            "PID",
+            "NAME",
+            "AGE",
+            "DEADLINE",
+            "IN",
+            "LEASE",
+            "LEFT",
+            "PARENT",
+        ]
+        assert len(rows) == 2
+        assert {int(row.split()[2]) for row in rows} == {f.pid for f in busy}
+        assert all(row.split()[-1] == "?" for row in rows)  # another host name: unknown
+
+    def test_json(self, redis_url, prefix, busy):
+        """ps --json lists the metadata fields plus lease_expires."""
+        result = forkpool_cli(
+            "ps", "--json", "--redis", redis_url, "--prefix", prefix, "--host", HOST
+        )
+        assert result.returncode == 0, result.stderr
+        children = json.loads(result.stdout)
+        assert {child["pid"] for child in children} == {f.pid for f in busy}
+        for child in children:
+            assert {"pid", "task_id", "host", "name", "started", "deadline"} <= child.keys()
+            assert child["lease_expires"] > time.time()
+            assert child["name"].endswith("_sleep")
+
+    def test_parent_liveness_on_this_host(self, redis_url, prefix, client):
+        """On the local host, ps says whether each child's parent is alive."""
+        with ForkPerTaskExecutor(
+            1, redis=redis_url, key_prefix=prefix, reap_interval=0.2, ttl=1.0
+        ) as ex:
+            future = ex.submit(_sleep, 30)
+            wait_for(lambda: client.exists(f"{prefix}:hosts"), 5, "the host")
+            wait_for(
+                lambda: (
+                    "alive" in forkpool_cli("ps", "--redis", redis_url, "--prefix", prefix).stdout
+                ),
+                10,
+                "the child",
+            )
+            future.cancel()
+
+    @pytest.mark.usefixtures("busy")
+    def test_all_hosts_and_env(self, redis_url, prefix):
+        """ps --all-hosts covers every host; FORKPOOL_REDIS_URL supplies the URL."""
+        result = forkpool_cli(
+            "ps", "--all-hosts", "--json", "--prefix", prefix, env={"FORKPOOL_REDIS_URL": redis_url}
+        )
+        assert result.returncode == 0, result.stderr
+        assert {child["host"] for child in json.loads(result.stdout)} == {HOST}
+
+    @pytest.mark.usefixtures("busy")
+    def test_malformed_entries_are_reported_and_skipped(self, redis_url, prefix, client):
+        """A malformed entry is named on stderr; the good ones are still listed."""
+        # On a host of its own that looks alive, so that no reaper removes it first.
+        keys = Keys(prefix, "quiet-host")
+        client.zadd(keys.hosts, {"quiet-host": time.time()})
+        client.hset(keys.meta, "broken", "{oops")
+        client.zadd(keys.active, {"broken": time.time() + 60})
+        result = forkpool_cli(
+            "ps", "--all-hosts", "--json", "--redis", redis_url, "--prefix", prefix
+        )
+        assert result.returncode == 0
+        assert len(json.loads(result.stdout)) == 2
+        assert "skipping malformed entry broken on quiet-host: not JSON" in result.stderr
+
+    @pytest.mark.usefixtures("busy")
+    def test_unknown_host(self, redis_url, prefix):
+        """ps for a host nobody registered is an error naming the known hosts."""
+        result = forkpool_cli("ps", "--redis", redis_url, "--prefix", prefix, "--host", "nope")
+        assert result.returncode == 2
+        assert result.stderr.strip() == (
+            f"forkpool: error: unknown host 'nope' under prefix '{prefix}' (known hosts: {HOST})"
+        )
+
+
+class TestErrors:
+    def test_no_redis_configured(self):
+        """Without --redis or FORKPOOL_REDIS_URL, the error says how to give one."""
+        env = {key: value for key, value in os.environ.items() if key != "FORKPOOL_REDIS_URL"}
+        result = subprocess.run(
+            [sys.executable, "-m", "forkpool", "ps"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+        assert result.returncode == 2
+        assert result.stderr.strip() == (
+            "forkpool: error: no Redis configured: pass --redis URL or set FORKPOOL_REDIS_URL"
+        )
+
+    def test_bad_url(self):
+        """A URL with a bad scheme is one line, no traceback."""
+        result = forkpool_cli("ps", "--redis", "http://user:pw@localhost")
+        assert result.returncode == 2
+        assert "unsupported Redis URL 'http://user:***@localhost'" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+    def test_unreachable(self):
+        """An unreachable Redis is one line naming it, no traceback."""
+        url = f"redis://127.0.0.1:{free_port()}/0"
+        result = forkpool_cli("ps", "--redis", url)
+        assert result.returncode == 2
+        assert result.stderr.startswith(f"forkpool: error: cannot reach Redis at {url}")
+        assert len(result.stderr.strip().splitlines()) == 1
+
+    def test_usage_error(self):
+        """A missing command is argparse's usage error."""
+        result = forkpool_cli()
+        assert result.returncode == 2
+        assert "usage: forkpool" in result.stderr
+
+
+class TestReapAndKillAll:
+    def test_reap_removes_garbage_and_reports(self, redis_url, prefix, client):
+        """reap runs one cycle with the executor's rules and says what it removed."""
+        keys = Keys(prefix, HOST)
+        client.hset(keys.meta, "junk", "[]")
+        client.zadd(keys.active, {"junk": 1.0, "orphan-lease": 1.0})
+        result = forkpool_cli("reap", "--redis", redis_url, "--prefix", prefix, "--host", HOST)
+        assert result.returncode == 0, result.stderr
+        assert sorted(result.stdout.splitlines()) == [
+            "removed entry junk",
+            "removed entry orphan-lease",
+        ]
+        assert not client.exists(keys.meta, keys.active)
+        again = forkpool_cli("reap", "--redis", redis_url, "--prefix", prefix, "--host", HOST)
+        assert again.stdout.strip() == "nothing to reap"
+
+    def test_kill_all_asks_first(self, redis_url, prefix, busy):
+        """kill-all without --yes lists what it would stop and exits 1, stopping nothing."""
+        result = forkpool_cli("kill-all", "--redis", redis_url, "--prefix", prefix, "--host", HOST)
+        assert result.returncode == 1
+        assert result.stdout.count("would stop task") == 2
+        assert all(f.running() for f in busy)
+
+    def test_kill_all_yes(self, redis_url, prefix, busy):
+        """kill-all --yes stops the children; their futures fail naming SIGKILL."""
+        result = forkpool_cli(
+            "kill-all", "--yes", "--redis", redis_url, "--prefix", prefix, "--host", HOST
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"stopped 2 tracked child(ren) on {HOST}"
+        for future in busy:
+            assert "SIGKILL" in str(future.exception(timeout=10))
+
+
+def test_demo_runs_with_an_embedded_server():
+    """forkpool demo runs start to end without any Redis configured."""
+    env = {key: value for key, value in os.environ.items() if key != "FORKPOOL_REDIS_URL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "forkpool", "demo", "--tasks", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "children tracked in Redis right now" in result.stdout
+    assert "forkpool._demo.heavy_task" in result.stdout
+    assert "throughput (tasks/s)" in result.stdout
+    assert "tree RSS after (MiB)" in result.stdout
+
+
+def test_console_script_is_installed():
+    """The forkpool console script exists and prints help."""
+    script = os.path.join(os.path.dirname(sys.executable), "forkpool")  # noqa: PTH118, PTH120
+    result = subprocess.run(
+        [script, "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0
+    for command in ("ps", "reap", "kill-all", "demo"):
+        assert command in result.stdout

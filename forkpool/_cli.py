@@ -26,6 +26,8 @@ from forkpool._tracking import default_host
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+logger = logging.getLogger("forkpool.cli")
+
 EXIT_ERROR = 2
 EXIT_REFUSED = 1
 
@@ -63,27 +65,44 @@ def _fail(message: str) -> None:
     print(f"forkpool: error: {message}", file=sys.stderr)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _common_options(*, defaults: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after the command's name.
+
+    Only the top-level parser carries defaults: a subcommand's own default would
+    overwrite a value given before the subcommand (``forkpool -v ps``).
+    """
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--redis",
         metavar="URL",
-        default=os.environ.get(URL_ENV) or None,
+        default=default(os.environ.get(URL_ENV) or None),
         help=f"Redis URL (default: ${URL_ENV})",
     )
-    common.add_argument("--prefix", default="forkpool", help="key prefix (default: forkpool)")
+    common.add_argument(
+        "--prefix", default=default("forkpool"), help="key prefix (default: forkpool)"
+    )
     common.add_argument(
         "--host",
-        default=None,
+        default=default(None),
         help="host name in Redis (default: $FORKPOOL_HOST, else this machine's name)",
     )
-    common.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=default(False), help="log at DEBUG level"
+    )
+    return common
 
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="forkpool",
         description="Inspect and manage the children of forkpool executors tracked in Redis.",
-        parents=[common],
+        parents=[_common_options(defaults=True)],
     )
+    common = _common_options(defaults=False)
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     ps = commands.add_parser("ps", parents=[common], help="list tracked children")
@@ -129,6 +148,7 @@ def _client(args: argparse.Namespace) -> redis.Redis:
         msg = f"no Redis configured: pass --redis URL or set {URL_ENV}"
         raise CliError(msg)
     args.redis_label = redact(args.redis)
+    logger.debug("using Redis at %s, prefix %r", args.redis_label, args.prefix)
     try:
         return client_from_url(args.redis)
     except ValueError as exc:
@@ -252,6 +272,7 @@ def _run_reap(args: argparse.Namespace) -> int:
         ttl=args.ttl,
         stopper=stopper,
     )
+    logger.debug("reaping host %r (entries in %s)", reaper.keys.host, reaper.keys.meta)
     with client:
         report = reaper.cycle(client)
     for entry in report.stopped:

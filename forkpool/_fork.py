@@ -274,10 +274,9 @@ def _cap_memory(limit: int) -> None:
 
     RLIMIT_DATA counts private writable memory (heap, anonymous mappings, thread
     stacks), which is what a Python task's objects and buffers occupy. RLIMIT_AS
-    would also count shared libraries and address space merely reserved (glibc
-    arenas, numpy/BLAS thread buffers), and fail tasks that are well within budget.
-    The inherited part is measured from ``VmData`` so that a large parent does not
-    eat the task's budget.
+    would also count file-backed mappings: a task merely mmap-reading a large file
+    fails under it. The inherited part is measured from ``VmData`` so that a large
+    parent does not eat the task's budget.
     """
     inherited = 0
     for line in Path("/proc/self/status").read_text().splitlines():

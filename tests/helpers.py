@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -171,3 +172,36 @@ class OwnServer:
             self._process = None
 
     stop = kill
+
+
+def orphan_script(url: str, prefix: str, host: str, pid_file: Path, *, keep_child: bool) -> str:
+    """A parent script whose task clears PDEATHSIG (if asked) and starts a grandchild."""
+    clear = (
+        "import ctypes; ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG off"
+        if keep_child
+        else "pass"
+    )
+    return f"""
+        import json, os, subprocess, sys, time
+        import forkpool
+
+        def task():
+            {clear}
+            grandchild = subprocess.Popen(["sleep", "60"])
+            with open({str(pid_file)!r}, "w") as f:
+                json.dump({{"child": os.getpid(), "grandchild": grandchild.pid}}, f)
+            time.sleep(60)
+
+        ex = forkpool.ForkPerTaskExecutor(
+            1, redis={url!r}, key_prefix={prefix!r}, host={host!r}, reap_interval=0.2, ttl=1.0
+        )
+        ex.submit(task)
+        print("ready", flush=True)
+        time.sleep(60)
+    """
+
+
+def read_pids(path: Path) -> dict[str, int]:
+    """The pids a task of orphan_script wrote."""
+    wait_for(lambda: path.exists() and path.read_text(), 10, "the task's pids")
+    return json.loads(path.read_text())

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from helpers import free_port, wait_for
+from helpers import free_port, orphan_script, read_pids, start_script, wait_for, wait_gone
 
 from forkpool import ForkPerTaskExecutor
 from forkpool._entry import Keys
@@ -173,6 +173,36 @@ class TestErrors:
 
 
 class TestReapAndKillAll:
+    def test_reap_stops_an_orphan(self, redis_url, prefix, client, tmp_path):
+        """reap stops the survivors of a SIGKILLed parent and says so."""
+        pid_file = tmp_path / "pids"
+        parent = start_script(orphan_script(redis_url, prefix, HOST, pid_file, keep_child=True))
+        try:
+            pids = read_pids(pid_file)
+            wait_for(lambda: client.hlen(Keys(prefix, HOST).meta) == 1, 5, "the entry")
+            parent.kill()
+            parent.wait(timeout=10)
+            result = forkpool_cli(
+                "reap", "--grace", "1", "--redis", redis_url, "--prefix", prefix, "--host", HOST
+            )
+            assert result.returncode == 0, result.stderr
+            assert f"(pid {pids['child']}, __main__.task): parent gone" in result.stdout
+            assert "stopped 1 orphaned descendant process(es)" in result.stdout
+            wait_gone(pids["child"])
+            wait_gone(pids["grandchild"])
+        finally:
+            parent.kill()
+            parent.wait(timeout=10)
+            parent.stdout.close()
+            parent.stderr.close()
+
+    def test_verbose_logs_more(self, redis_url, prefix):
+        """-v turns on DEBUG logging on stderr."""
+        quiet = forkpool_cli("reap", "--redis", redis_url, "--prefix", prefix, "--host", HOST)
+        loud = forkpool_cli("-v", "reap", "--redis", redis_url, "--prefix", prefix, "--host", HOST)
+        assert quiet.returncode == loud.returncode == 0
+        assert len(loud.stderr.splitlines()) > len(quiet.stderr.splitlines())
+
     def test_reap_removes_garbage_and_reports(self, redis_url, prefix, client):
         """reap runs one cycle with the executor's rules and says what it removed."""
         keys = Keys(prefix, HOST)

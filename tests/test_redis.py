@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import redis
-from helpers import is_running, start_script, wait_for, wait_gone
+from helpers import is_running, orphan_script, read_pids, start_script, wait_for, wait_gone
 
 import forkpool
 from forkpool import ChildDiedError, ForkPerTaskExecutor, kill_all
@@ -273,37 +273,6 @@ class TestOutages:
         client.close()
 
 
-def _orphan_script(url: str, prefix: str, pid_file: Path, *, keep_child: bool) -> str:
-    clear = (
-        "import ctypes; ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG off"
-        if keep_child
-        else "pass"
-    )
-    return f"""
-        import json, os, subprocess, sys, time
-        import forkpool
-
-        def task():
-            {clear}
-            grandchild = subprocess.Popen(["sleep", "60"])
-            with open({str(pid_file)!r}, "w") as f:
-                json.dump({{"child": os.getpid(), "grandchild": grandchild.pid}}, f)
-            time.sleep(60)
-
-        ex = forkpool.ForkPerTaskExecutor(
-            1, redis={url!r}, key_prefix={prefix!r}, host={HOST!r}, reap_interval=0.2, ttl=1.0
-        )
-        ex.submit(task)
-        print("ready", flush=True)
-        time.sleep(60)
-    """
-
-
-def _read_pids(path: Path) -> dict[str, int]:
-    wait_for(lambda: path.exists() and path.read_text(), 10, "the task's pids")
-    return json.loads(path.read_text())
-
-
 class TestReaper:
     @pytest.mark.parametrize("keep_child", [False, True], ids=["child-died", "child-survived"])
     def test_orphans_of_a_killed_parent_are_reaped(
@@ -311,9 +280,11 @@ class TestReaper:
     ):
         """After a parent's SIGKILL, another executor stops its orphans and drops the entry."""
         pid_file = tmp_path / "pids"
-        parent = start_script(_orphan_script(redis_url, prefix, pid_file, keep_child=keep_child))
+        parent = start_script(
+            orphan_script(redis_url, prefix, HOST, pid_file, keep_child=keep_child)
+        )
         try:
-            pids = _read_pids(pid_file)
+            pids = read_pids(pid_file)
             wait_for(lambda: _entries(client, prefix), 5, "the entry")
             parent.kill()
             parent.wait(timeout=10)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Final
 import redis
 
 from forkpool import _procfs
+from forkpool._fork import block_signals_in_this_thread
 from forkpool._reaper import Reaper, Stopper
 
 if TYPE_CHECKING:
@@ -135,6 +136,7 @@ class Bookkeeper:
     # --- the thread --------------------------------------------------------------------
 
     def _run(self) -> None:
+        block_signals_in_this_thread()  # signals are for the main thread
         next_cycle = time.monotonic()
         try:
             while True:

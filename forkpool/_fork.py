@@ -22,9 +22,13 @@ Some facts about fork, each of which shaped this module:
   die between fork and prctl, so the child re-checks ``getppid()`` afterwards.
 * Signal handlers are inherited. A web server's graceful-shutdown handler must not
   run in a task, so the child resets every Python-level handler (and SIGINT, SIGTERM,
-  SIGCHLD) to the default. Catchable signals stay blocked from just before fork until
-  that reset, so a SIGTERM sent early can never reach a parent's handler in the child.
-  An inherited ``signal.set_wakeup_fd`` (asyncio sets one) is cleared too.
+  SIGCHLD) to the default. The supervisor thread keeps every catchable signal
+  blocked for its whole life (:meth:`Forker.adopt_thread`), so a child starts with
+  them blocked and unblocks them only after that reset: a SIGTERM sent early can
+  never reach a parent's handler in the child. (Blocking them in our threads also
+  makes the kernel deliver Ctrl-C to the main thread, where Python needs it: on
+  3.13 a SIGINT taken by another thread does not wake a main thread blocked on a
+  lock.) An inherited ``signal.set_wakeup_fd`` (asyncio sets one) is cleared too.
 * Each child leads its own process group, so one ``killpg`` reaches the grandchildren
   it starts, and a Ctrl-C at the terminal reaches the parent only.
 * Python 3.12+ warns when a multi-threaded process forks. Forking from a dedicated
@@ -113,6 +117,15 @@ class Forker:
     """
 
     _spares: _SpareStdio | None = None
+    _thread_mask: frozenset[int] | None = None
+
+    def adopt_thread(self) -> None:
+        """Block catchable signals in the calling (forking) thread for good.
+
+        Remembers the mask the thread had, which each child restores once it has
+        reset the signal handlers.
+        """
+        self._thread_mask = block_signals_in_this_thread()
 
     def fork(self, task: ChildTask, write_fd: int, close_in_child: Iterable[int]) -> int:
         """Fork a child that runs ``task`` and reports on ``write_fd``; return its pid.
@@ -122,18 +135,18 @@ class Forker:
         Raises:
             OSError: fork() failed (EAGAIN when out of processes, ENOMEM).
         """
+        if self._thread_mask is None:
+            msg = "Forker.adopt_thread() must be called in the forking thread first"
+            raise RuntimeError(msg)
         parent_pid = os.getpid()
         _flush_stdio()
         spares = self._spare_stdio()
         handled = _signals_to_reset()
-        with (
-            _quiet_logging() as (handlers, busy),
-            _signals_blocked(handled) as previous_mask,
-            _fork_warning_silenced(),
-        ):
+        mask = self._thread_mask
+        with _quiet_logging() as (handlers, busy), _fork_warning_silenced():
             pid = os.fork()
             if pid == 0:
-                child = _ChildSetup(parent_pid, handled, previous_mask, spares, handlers, busy)
+                child = _ChildSetup(parent_pid, handled, mask, spares, handlers, busy)
                 _run_child(task, write_fd, close_in_child, child)
         return pid
 
@@ -333,13 +346,14 @@ def _signals_to_reset() -> frozenset[int]:
     )
 
 
-@contextlib.contextmanager
-def _signals_blocked(signals: frozenset[int]) -> Iterator[Iterable[int]]:
-    previous: set[int] = _signal.pthread_sigmask(_signal.SIG_BLOCK, signals)
-    try:
-        yield previous
-    finally:
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, previous)
+def block_signals_in_this_thread() -> frozenset[int]:
+    """Block every catchable signal in the calling thread; return the previous mask.
+
+    For forkpool's own threads: Python runs signal handlers in the main thread only,
+    and the kernel gives a process-wide signal to a thread that does not block it.
+    """
+    previous: set[int] = _signal.pthread_sigmask(_signal.SIG_BLOCK, _CATCHABLE)
+    return frozenset(previous)
 
 
 @contextlib.contextmanager

@@ -226,6 +226,7 @@ class Supervisor:
 
     def _run(self) -> None:
         try:
+            self._forker.adopt_thread()
             while self._step():
                 pass
         except BaseException as exc:

@@ -20,6 +20,7 @@ import textwrap
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -31,8 +32,11 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 # A task that announces its pid (flushed) and then runs far longer than any test.
+# The script takes Ctrl-C like an interactive program even when the test runner was
+# started in the background, where a shell hands SIGINT down as ignored.
 LONG_TASK = """
-import os, time
+import os, signal, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def long_task():
     print("child-pid", os.getpid(), flush=True)
@@ -289,6 +293,18 @@ class TestCtrlC:
 
 
 class TestSignals:
+    def test_forkpool_threads_leave_signals_to_the_main_thread(self):
+        """The supervisor thread blocks catchable signals, so Ctrl-C reaches the main thread."""
+        with ForkPerTaskExecutor(1) as ex:
+            ex.submit(os.getpid).result(timeout=10)
+            (supervisor,) = [t for t in threading.enumerate() if t.name == "forkpool-supervisor"]
+            status = Path(f"/proc/self/task/{supervisor.native_id}/status").read_text()
+        blocked = int(
+            next(line for line in status.splitlines() if line.startswith("SigBlk")).split()[1], 16
+        )
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGUSR1):
+            assert blocked & (1 << (signum - 1)), signal.Signals(signum).name
+
     def test_parent_handlers_never_run_in_a_child(self):
         """A child starts with default dispositions, nothing blocked, no parent handler."""
         result = run_script(

@@ -196,6 +196,21 @@ class TestReapAndKillAll:
             parent.stdout.close()
             parent.stderr.close()
 
+    def test_reap_forgets_departed_hosts_after_ttl(self, redis_url, prefix, client):
+        """reap --ttl S forgets hosts unseen for longer than S, as metadata only."""
+        gone, alive = Keys(prefix, "gone-host"), Keys(prefix, "alive-host")
+        client.zadd(gone.hosts, {"gone-host": time.time() - 120, "alive-host": time.time()})
+        for keys in (gone, alive):
+            client.hset(keys.meta, "t", "{}")
+            client.zadd(keys.active, {"t": 1.0})
+        result = forkpool_cli(
+            "reap", "--ttl", "60", "--redis", redis_url, "--prefix", prefix, "--host", HOST
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "forgot departed host gone-host"
+        assert not client.exists(gone.meta, gone.active)
+        assert client.exists(alive.meta, alive.active) == 2
+
     def test_verbose_logs_more(self, redis_url, prefix):
         """-v turns on DEBUG logging on stderr."""
         quiet = forkpool_cli("reap", "--redis", redis_url, "--prefix", prefix, "--host", HOST)

@@ -127,8 +127,13 @@ class Forker:
         """
         self._thread_mask = block_signals_in_this_thread()
 
-    def fork(self, task: ChildTask, write_fd: int, close_in_child: Iterable[int]) -> int:
+    def fork(
+        self, task: ChildTask, read_fd: int, write_fd: int, close_in_child: Iterable[int]
+    ) -> int:
         """Fork a child that runs ``task`` and reports on ``write_fd``; return its pid.
+
+        ``read_fd`` is the parent's end of the same pipe, through which the child
+        can re-open the pipe if the task loses its own end.
 
         Must be called from the supervisor thread (see the PDEATHSIG fact above).
 
@@ -147,7 +152,7 @@ class Forker:
             pid = os.fork()
             if pid == 0:
                 child = _ChildSetup(parent_pid, handled, mask, spares, handlers, busy)
-                _run_child(task, write_fd, close_in_child, child)
+                _run_child(task, read_fd, write_fd, close_in_child, child)
         return pid
 
     def _spare_stdio(self) -> _SpareStdio:
@@ -245,13 +250,14 @@ class _ChildSetup:
 
 def _run_child(
     task: ChildTask,
+    read_fd: int,
     write_fd: int,
     close_in_child: Iterable[int],
     setup: _ChildSetup,
 ) -> NoReturn:
     status = EXIT_UNREPORTED
     try:
-        channel = open_channel(write_fd)
+        channel = open_channel(write_fd, setup.parent_pid, read_fd)
         _become_independent(setup)
         if task.task_id is not None:
             _mark(task.task_id)

@@ -7,6 +7,7 @@ forkpool child the call does nothing but warn.
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 
@@ -17,12 +18,44 @@ from forkpool._wire import Kind, dumps, write_frame
 
 @attrs.define
 class _Channel:
+    """The child's end of the result pipe, recoverable if the task loses it.
+
+    A task may close or ``dup2`` over any descriptor, the pipe's included. Before
+    each write the descriptor is checked against the pipe's identity; if it no
+    longer is the pipe, the child re-opens the pipe through the parent's read end
+    (``/proc/<parent>/fd/<n>``; Linux opens a pipe there in the mode asked for).
+    """
+
     fd: int
+    parent_pid: int
+    parent_read_fd: int
+    identity: tuple[int, int]
     lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     def send(self, kind: Kind, payload: bytes) -> None:
         with self.lock:
-            write_frame(self.fd, kind, payload)
+            write_frame(self._pipe(), kind, payload)
+
+    def _pipe(self) -> int:
+        if _identity(self.fd) == self.identity:
+            return self.fd
+        reopened = os.open(
+            f"/proc/{self.parent_pid}/fd/{self.parent_read_fd}", os.O_WRONLY | os.O_CLOEXEC
+        )
+        if _identity(reopened) != self.identity:
+            os.close(reopened)
+            msg = "the result pipe was lost and cannot be re-opened"
+            raise OSError(msg)
+        self.fd = reopened
+        return reopened
+
+
+def _identity(fd: int) -> tuple[int, int] | None:
+    try:
+        stat = os.fstat(fd)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 class _ChildState:
@@ -31,9 +64,13 @@ class _ChildState:
     channel: _Channel | None = None
 
 
-def open_channel(fd: int) -> _Channel:
+def open_channel(fd: int, parent_pid: int, parent_read_fd: int) -> _Channel:
     """In a new child: route report_progress() and the outcome through ``fd``."""
-    channel = _ChildState.channel = _Channel(fd)
+    identity = _identity(fd)
+    if identity is None:
+        msg = f"the result pipe (fd {fd}) is not open in the child"
+        raise OSError(msg)
+    channel = _ChildState.channel = _Channel(fd, parent_pid, parent_read_fd, identity)
     return channel
 
 

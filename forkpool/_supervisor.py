@@ -7,6 +7,11 @@ becomes readable when the child exits). The selector's timeout is the nearest ta
 deadline or SIGKILL escalation, so there is no polling loop -- except on kernels
 without pidfd (Linux < 5.3), where exits are peeked every 50 ms.
 
+The supervisor keeps its own copy of each pipe's write end until the child is
+reaped. The pipe therefore never reports EOF (exits are seen through the pidfd,
+not through EOF), and a task that closes or overwrites its end of the pipe can
+re-open it through ``/proc/<parent>/fd/<n>`` to deliver its outcome.
+
 Only this thread signals or reaps children. A child that has not been reaped still
 owns its pid and its process group id (even as a zombie), so every ``killpg`` here
 reaches the group we created and never a stranger that inherited a recycled pid.
@@ -101,6 +106,7 @@ class Child:
     options: ResolvedOptions
     task_id: str | None
     read_fd: int | None
+    write_fd: int | None
     pidfd: int | None
     started: float
     deadline: float | None
@@ -305,7 +311,7 @@ class Supervisor:
             memory_limit=item.options.memory_limit,
         )
         try:
-            pid = self._forker.fork(task, write_fd, self._parent_fds(read_fd))
+            pid = self._forker.fork(task, read_fd, write_fd, self._parent_fds(read_fd))
         except OSError as exc:
             os.close(read_fd)
             os.close(write_fd)
@@ -313,8 +319,7 @@ class Supervisor:
             return
         finally:
             del task
-        os.close(write_fd)
-        child = self._track(pid, item, read_fd, task_id)
+        child = self._track(pid, item, read_fd, write_fd, task_id)
         # The supervisor holds the callable and its arguments no longer than needed.
         item.fn = item.args = item.kwargs = None  # type: ignore[assignment]
         try:
@@ -323,7 +328,9 @@ class Supervisor:
         except BaseException as exc:  # noqa: BLE001 - a hook failure is that task's outcome
             self._stop(child, StopReason.HOOK_FAILED, signal.SIGKILL, error=exc)
 
-    def _track(self, pid: int, item: WorkItem, read_fd: int, task_id: str | None) -> Child:
+    def _track(
+        self, pid: int, item: WorkItem, read_fd: int, write_fd: int, task_id: str | None
+    ) -> Child:
         # Both sides call setpgid so the group exists before either relies on it.
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)
@@ -340,6 +347,7 @@ class Supervisor:
             options=item.options,
             task_id=task_id,
             read_fd=read_fd,
+            write_fd=write_fd,
             pidfd=pidfd,
             started=now,
             deadline=None if timeout is None else now + timeout,
@@ -371,7 +379,7 @@ class Supervisor:
         if selector_fd is not None:
             fds.append(selector_fd())
         for child in self._children.values():
-            fds.extend(fd for fd in (child.read_fd, child.pidfd) if fd is not None)
+            fds.extend(fd for fd in (child.read_fd, child.write_fd, child.pidfd) if fd is not None)
         return fds
 
     def _read(self, child: Child) -> None:
@@ -414,6 +422,9 @@ class Supervisor:
             self._selector.unregister(child.read_fd)
             os.close(child.read_fd)
             child.read_fd = None
+        if child.write_fd is not None:
+            os.close(child.write_fd)
+            child.write_fd = None
 
     def _reap(self, child: Child) -> None:
         child.exited = True
@@ -562,7 +573,7 @@ class Supervisor:
             os.close(self._wake_r)
             os.close(self._wake_w)
         for child in list(self._children.values()):
-            for fd in (child.read_fd, child.pidfd):
+            for fd in (child.read_fd, child.write_fd, child.pidfd):
                 if fd is not None:
                     with contextlib.suppress(OSError):
                         os.close(fd)

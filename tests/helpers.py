@@ -89,10 +89,11 @@ def run_script(
     )
 
 
-def start_script(source: str) -> subprocess.Popen[str]:
+def start_script(source: str, *, stdin: bool = False) -> subprocess.Popen[str]:
     """Start Python source in a fresh interpreter, in its own session, with pipes."""
     return subprocess.Popen(
         [sys.executable, "-u", "-c", textwrap.dedent(source)],
+        stdin=subprocess.PIPE if stdin else None,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

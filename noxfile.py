@@ -9,6 +9,7 @@
 - ``lint``: ``ruff check`` and ``ruff format --check``.
 - ``typecheck``: ``mypy --strict`` on the package, and on ``tests/typing`` if present.
 - ``examples``: runs every ``examples/*.py``, each under a time limit.
+- ``soak`` (not run by default): the chaos soak, ``nox -s soak -- --tasks 300``.
 
 Interpreters installed by pyenv are found even when pyenv's shims are not active.
 """
@@ -100,6 +101,13 @@ def tests(session: nox.Session) -> None:
     """Run the test suite. No tests collected (pytest exit code 5) is a failure."""
     session.install("-e", ".", *_group("test"))
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python=NEWEST)
+def soak(session: nox.Session) -> None:
+    """The chaos soak (tests/soak.py): 3,000 misbehaving tasks; arguments go to it."""
+    session.install("-e", ".", *_group("test"))
+    session.run("python", "tests/soak.py", *(session.posargs or ["--tasks", "3000"]))
 
 
 @nox.session(python=NEWEST)

@@ -434,12 +434,19 @@ class Supervisor:
         self._close_pipe(child)
         # Whatever is left in the group outlived its task. The zombie leader still
         # pins the group id, so this reaches only the task's own descendants.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signal.SIGKILL)
+        if _unreaped(child.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)
         if child.task_id is not None and self._bookkeeper is not None:
             self._bookkeeper.remove(child.task_id)  # before the reap; see Bookkeeper.remove
-        _, status, raw_usage = os.wait4(child.pid, 0)
-        usage = ResourceUsage.from_rusage(raw_usage, time.monotonic() - child.started)
+        try:
+            _, status, raw_usage = os.wait4(child.pid, 0)
+        except ChildProcessError:
+            # Reaped behind our back: SIGCHLD set to SIG_IGN, or a wait() elsewhere
+            # in the program. The outcome frame, if any, is still good.
+            status, usage = -1, ResourceUsage(0, 0.0, 0.0, time.monotonic() - child.started)
+        else:
+            usage = ResourceUsage.from_rusage(raw_usage, time.monotonic() - child.started)
         child.future.rusage = usage
         if child.pidfd is not None:
             self._selector.unregister(child.pidfd)
@@ -447,7 +454,7 @@ class Supervisor:
             child.pidfd = None
         del self._children[child.pid]
         self._by_future.pop(child.future, None)
-        exitcode, signum = _fork.describe_status(status)
+        exitcode, signum = (None, None) if status < 0 else _fork.describe_status(status)
         logger.debug(
             "child %d ended (exit code %s, signal %s): %s", child.pid, exitcode, signum, usage
         )
@@ -474,6 +481,8 @@ class Supervisor:
             detail = f"{detail} ({child.stop_error})"
         elif reason is None and child.reader.mid_frame:
             detail = "its result was cut short"
+        elif exitcode is None and signum is None:
+            detail = "something else in this process reaped it (is SIGCHLD ignored?)"
         error = ChildDiedError(child.pid, exitcode, signum, detail, usage)
         future._resolve(exception=error)  # noqa: SLF001
 
@@ -517,8 +526,9 @@ class Supervisor:
                 signal.pidfd_send_signal(child.pidfd, signum)
             else:
                 os.kill(child.pid, signum)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signum)
+        if _unreaped(child.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signum)
 
     def _enforce_deadlines(self, now: float) -> None:
         for child in list(self._children.values()):
@@ -578,6 +588,20 @@ class Supervisor:
                     with contextlib.suppress(OSError):
                         os.close(fd)
         self._selector.close()
+
+
+def _unreaped(pid: int) -> bool:
+    """Our child still holds its pid (running, or a zombie we have not reaped).
+
+    Only then is its process group id known to be the group we created: if
+    something else reaped it (SIGCHLD ignored, a stray wait()), the id may already
+    belong to a stranger.
+    """
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
 
 
 def _with_context(exc: OSError, what: str) -> OSError:

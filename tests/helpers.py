@@ -9,13 +9,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
@@ -67,10 +68,14 @@ def live_children() -> list[int]:
     return [pid for pid in children() if is_running(pid)]
 
 
-def reap_zombies() -> None:
-    """Reap zombie children (orphans adopted by the subreaper, killed grandchildren)."""
+def reap_zombies(only: Iterable[int] | None = None) -> None:
+    """Reap zombie children (orphans adopted by the subreaper, killed grandchildren).
+
+    While an executor runs, pass ``only``: its own zombies are its to reap.
+    """
+    allowed = None if only is None else set(only)
     for pid in children():
-        if proc_state(pid) == "Z":
+        if proc_state(pid) == "Z" and (allowed is None or pid in allowed):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
 
@@ -129,9 +134,12 @@ class OwnServer:
     availability check would trip over the killed server's TIME_WAIT sockets.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, persistent: bool = False) -> None:
         self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
+        # A persistent server keeps its data across kills (an fsync'd append-only
+        # file), as a production Redis would; the default restarts empty.
+        self._data_dir = tempfile.mkdtemp(prefix="forkpool-valkey-") if persistent else None
 
     @property
     def url(self) -> str:
@@ -149,15 +157,19 @@ class OwnServer:
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                *(
+                    ["--appendonly", "yes", "--appendfsync", "always", "--dir", self._data_dir]
+                    if self._data_dir
+                    else ["--appendonly", "no"]
+                ),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for(self._answers, 10, f"Valkey on port {self.port}")
+        wait_for(self.answers, 10, f"Valkey on port {self.port}")
 
-    def _answers(self) -> bool:
+    def answers(self) -> bool:
+        """The server replies to PING."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
                 conn.sendall(b"PING\r\n")
@@ -172,7 +184,11 @@ class OwnServer:
             self._process.wait()
             self._process = None
 
-    stop = kill
+    def stop(self) -> None:
+        """Kill the server and remove its data, if it kept any."""
+        self.kill()
+        if self._data_dir is not None:
+            shutil.rmtree(self._data_dir, ignore_errors=True)
 
 
 def orphan_script(url: str, prefix: str, host: str, pid_file: Path, *, keep_child: bool) -> str:

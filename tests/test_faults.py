@@ -348,3 +348,18 @@ class TestRedisErrors:
         assert client.hlen(keys.meta) == 0
         assert "works again" in caplog.text
         client.close()
+
+
+def test_children_reaped_behind_our_back():
+    """With SIGCHLD ignored (auto-reaping), results still arrive and nothing crashes."""
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        with ForkPerTaskExecutor(2) as ex:
+            assert [f.result(timeout=10) for f in [ex.submit(pow, 2, n) for n in range(20)]] == [
+                2**n for n in range(20)
+            ]
+            with pytest.raises(ChildDiedError, match="reaped it"):
+                ex.submit(os._exit, 3).result(timeout=10)
+            assert ex.submit(pow, 3, 3).result(timeout=10) == 27
+    finally:
+        signal.signal(signal.SIGCHLD, previous)

@@ -554,10 +554,8 @@ class Supervisor:
 
     def _peek_exits_without_pidfd(self) -> None:
         for child in list(self._children.values()):
-            if child.pidfd is None and not child.exited:
-                flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
-                if os.waitid(os.P_PID, child.pid, flags) is not None:
-                    self._reap(child)
+            if child.pidfd is None and not child.exited and not _running(child.pid):
+                self._reap(child)
 
     # --- the end -----------------------------------------------------------------------
 
@@ -588,6 +586,14 @@ class Supervisor:
                     with contextlib.suppress(OSError):
                         os.close(fd)
         self._selector.close()
+
+
+def _running(pid: int) -> bool:
+    """Our child has not exited yet (False once it is a zombie or already reaped)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:
+        return False  # reaped behind our back (SIGCHLD ignored): it has certainly exited
 
 
 def _unreaped(pid: int) -> bool:

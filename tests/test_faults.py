@@ -19,6 +19,7 @@ import pytest
 import redis
 from helpers import start_script, wait_for, wait_gone
 
+import forkpool
 from forkpool import ChildDiedError, ForkPerTaskExecutor
 from forkpool._entry import Keys
 from forkpool._progress import _ChildState
@@ -350,8 +351,10 @@ class TestRedisErrors:
         client.close()
 
 
-def test_children_reaped_behind_our_back():
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "polling"])
+def test_children_reaped_behind_our_back(pidfd, monkeypatch):
     """With SIGCHLD ignored (auto-reaping), results still arrive and nothing crashes."""
+    monkeypatch.setattr(forkpool._linux, "HAS_PIDFD", pidfd)
     previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     try:
         with ForkPerTaskExecutor(2) as ex:

@@ -10,6 +10,8 @@
 - ``typecheck``: ``mypy --strict`` on the package, and on ``tests/typing`` if present.
 - ``examples``: runs every ``examples/*.py``, each under a time limit.
 - ``soak`` (not run by default): the chaos soak, ``nox -s soak -- --tasks 300``.
+- ``bench`` (not run by default): the benchmark suite, side by side with the
+  alternatives; ``nox -s bench -- --smoke`` for a quick pass.
 
 Interpreters installed by pyenv are found even when pyenv's shims are not active.
 """
@@ -101,6 +103,13 @@ def tests(session: nox.Session) -> None:
     """Run the test suite. No tests collected (pytest exit code 5) is a failure."""
     session.install("-e", ".", *_group("test"))
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python=NEWEST)
+def bench(session: nox.Session) -> None:
+    """The benchmark suite (tests/benchmarks/bench.py): writes bench-results.json and a chart."""
+    session.install("-e", ".", *_group("bench"))
+    session.run("python", "tests/benchmarks/bench.py", *session.posargs)
 
 
 @nox.session(python=NEWEST)

@@ -1,0 +1,464 @@
+"""forkpool's benchmark suite: every contender measured side by side, in one run.
+
+``nox -s bench`` runs it in full; ``python tests/benchmarks/bench.py --smoke`` runs a
+few tasks per contender (the test suite does, so the suite cannot rot). Contenders
+are interleaved round by round (A B C A B C ...) and reported as medians and
+ratios: the machine is shared and noisy, so no lone absolute time means much. Every
+result a contender returns is checked; a fast wrong answer is a failure.
+
+Writes ``bench-results.json`` and ``bench-chart.png`` (with matplotlib) next to the
+current directory's README unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime as dt
+import json
+import multiprocessing
+import os
+import pickle
+import platform
+import selectors
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/helpers.py
+
+import redis
+from helpers import OwnServer
+
+import forkpool
+from forkpool._demo import tree_rss
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+MIB = 1 << 20
+
+
+def double(x: int) -> int:
+    return x * 2
+
+
+# --- contenders for task throughput -------------------------------------------------------
+
+
+def bare_fork_loop(n: int, workers: int) -> list[int]:
+    """The floor: fork + pipe + waitpid, at most ``workers`` at once, nothing else."""
+    results: list[int] = [0] * n
+    running: dict[int, tuple[int, int]] = {}
+    selector = selectors.DefaultSelector()
+    submitted = 0
+    while submitted < n or running:
+        while submitted < n and len(running) < workers:
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.write(write_fd, pickle.dumps(double(submitted)))
+                os._exit(0)
+            os.close(write_fd)
+            running[pid] = (read_fd, submitted)
+            selector.register(read_fd, selectors.EVENT_READ, pid)
+            submitted += 1
+        for key, _ in selector.select():
+            read_fd, index = running.pop(key.data)
+            data = os.read(read_fd, 1 << 16)
+            selector.unregister(read_fd)
+            os.close(read_fd)
+            os.waitpid(key.data, 0)
+            results[index] = pickle.loads(data)  # noqa: S301 - our own child's bytes
+    return results
+
+
+def run_executor(executor: concurrent.futures.Executor, n: int) -> list[int]:
+    with executor:
+        futures = [executor.submit(double, i) for i in range(n)]
+        return [future.result() for future in futures]
+
+
+def process_per_task(n: int, workers: int) -> list[int]:
+    """multiprocessing.Process per task, results through a queue."""
+    context = multiprocessing.get_context("fork")
+    queue = context.SimpleQueue()
+    results: list[int] = [0] * n
+    running: list[multiprocessing.process.BaseProcess] = []
+
+    def work(i: int) -> None:
+        queue.put((i, double(i)))
+
+    done = 0
+    for i in range(n):
+        while len(running) >= workers:
+            index, value = queue.get()
+            results[index] = value
+            done += 1
+            running = [p for p in running if p.is_alive() or p.join() or False]
+        process = context.Process(target=work, args=(i,))
+        process.start()
+        running.append(process)
+    while done < n:
+        index, value = queue.get()
+        results[index] = value
+        done += 1
+    for process in running:
+        process.join()
+    return results
+
+
+def throughput_contenders(workers: int, redis_url: str) -> dict[str, Callable[[int], list[int]]]:
+    contenders: dict[str, Callable[[int], list[int]]] = {
+        "bare fork loop": lambda n: bare_fork_loop(n, workers),
+        "forkpool": lambda n: run_executor(forkpool.ForkPerTaskExecutor(workers), n),
+        "forkpool + Redis": lambda n: run_executor(
+            forkpool.ForkPerTaskExecutor(workers, redis=redis_url, key_prefix="bench"), n
+        ),
+        "PPE max_tasks_per_child=1 (forkserver)": lambda n: run_executor(
+            concurrent.futures.ProcessPoolExecutor(
+                workers, multiprocessing.get_context("forkserver"), max_tasks_per_child=1
+            ),
+            n,
+        ),
+        "PPE max_tasks_per_child=1 (spawn)": lambda n: run_executor(
+            concurrent.futures.ProcessPoolExecutor(
+                workers, multiprocessing.get_context("spawn"), max_tasks_per_child=1
+            ),
+            n,
+        ),
+        "multiprocessing.Process per task": lambda n: process_per_task(n, workers),
+        "PPE reused workers (fork)": lambda n: run_executor(
+            concurrent.futures.ProcessPoolExecutor(workers, multiprocessing.get_context("fork")),
+            n,
+        ),
+    }
+    try:
+        import pebble  # noqa: PLC0415 - optional contender
+
+        def pebble_pool(n: int) -> list[int]:
+            with pebble.ProcessPool(max_workers=workers, max_tasks=1) as pool:
+                futures = [pool.schedule(double, args=(i,)) for i in range(n)]
+                return [future.result() for future in futures]
+
+        contenders["pebble ProcessPool(max_tasks=1)"] = pebble_pool
+    except ImportError:
+        pass
+    return contenders
+
+
+def interleaved(contenders: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each contender, round by round."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
+def measure_throughput(tasks: int, rounds: int, workers: int, redis_url: str) -> dict[str, float]:
+    expected = [double(i) for i in range(tasks)]
+    checked: dict[str, Callable[[], Any]] = {}
+    for name, run in throughput_contenders(workers, redis_url).items():
+
+        def check(run: Callable[[int], list[int]] = run, name: str = name) -> None:
+            if run(tasks) != expected:
+                msg = f"{name} returned wrong results"
+                raise AssertionError(msg)
+
+        checked[name] = check
+    times = interleaved(checked, rounds)
+    return {name: tasks / statistics.median(seconds) for name, seconds in times.items()}
+
+
+# --- memory returned to the OS ------------------------------------------------------------
+
+
+def build_objects(megabytes: int) -> int:
+    """Build about ``megabytes`` MiB of small Python objects; return a checksum."""
+    words = [str(i) for i in range(megabytes * MIB // 64)]
+    return len(words)
+
+
+def measure_memory(megabytes: int, tasks: int) -> dict[str, dict[str, float]]:
+    expected = build_objects.__name__ and megabytes * MIB // 64
+    out = {}
+    executors: dict[str, Callable[[], concurrent.futures.Executor]] = {
+        "forkpool": lambda: forkpool.ForkPerTaskExecutor(2),
+        "PPE reused workers (fork)": lambda: concurrent.futures.ProcessPoolExecutor(
+            2, multiprocessing.get_context("fork")
+        ),
+    }
+    for name, make in executors.items():
+        before = tree_rss()
+        with make() as executor:
+            results = [
+                f.result()
+                for f in [executor.submit(build_objects, megabytes) for _ in range(tasks)]
+            ]
+            after = tree_rss()
+        if results != [expected] * tasks:
+            msg = f"{name} returned wrong results"
+            raise AssertionError(msg)
+        out[name] = {"before_mib": before / MIB, "after_mib": after / MIB}
+    return out
+
+
+# --- large results ------------------------------------------------------------------------
+
+
+def make_bytes(size: int) -> bytes:
+    return b"\x5a" * size
+
+
+def make_bytearray(size: int) -> bytearray:
+    return bytearray(b"\x5a") * size
+
+
+def make_numpy(size: int) -> Any:
+    import numpy as np  # noqa: PLC0415 - optional
+
+    return np.full(size, 0x5A, dtype=np.uint8)
+
+
+def measure_large_results(size: int, rounds: int) -> dict[str, dict[str, float]]:
+    makers: dict[str, Callable[[int], Any]] = {"bytes": make_bytes, "bytearray": make_bytearray}
+    try:
+        import numpy as np  # noqa: F401, PLC0415 - optional
+
+        makers["numpy"] = make_numpy
+    except ImportError:
+        pass
+    out: dict[str, dict[str, float]] = {}
+    with (
+        forkpool.ForkPerTaskExecutor(1) as fp,
+        concurrent.futures.ProcessPoolExecutor(1, multiprocessing.get_context("fork")) as pool,
+    ):
+        pool.submit(double, 1).result()  # a warm worker
+        for kind, make in makers.items():
+            local = make(size)
+
+            def check(value: Any, kind: str = kind) -> None:
+                if (
+                    len(value) != size
+                    or bytes(value[:1]) != b"\x5a"
+                    or bytes(value[-1:]) != b"\x5a"
+                ):
+                    msg = f"large {kind} result corrupted"
+                    raise AssertionError(msg)
+
+            contenders = {
+                "forkpool": lambda make=make: check(fp.submit(make, size).result()),
+                "PPE (fork, warm worker)": lambda make=make: check(
+                    pool.submit(make, size).result()
+                ),
+                "one in-process copy": lambda local=local: check(bytearray(local)),
+            }
+            times = interleaved(contenders, rounds)
+            out[kind] = {name: statistics.median(seconds) for name, seconds in times.items()}
+            del local
+    return out
+
+
+# --- start-up cost against parent size ------------------------------------------------------
+
+
+def measure_parent_size(
+    sizes_mib: list[int], tasks: int, rounds: int
+) -> dict[int, dict[str, float]]:
+    out: dict[int, dict[str, float]] = {}
+    for size in sizes_mib:
+        ballast = bytearray(size * MIB)
+        ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page
+        with forkpool.ForkPerTaskExecutor(1) as ex:
+            ex.submit(double, 1).result()
+
+            def fp_latency() -> None:
+                for i in range(tasks):
+                    if ex.submit(double, i).result() != double(i):
+                        raise AssertionError("forkpool returned a wrong result")
+
+            def bare_latency() -> None:
+                for i in range(tasks):
+                    if bare_fork_loop(1, 1) != [0]:
+                        raise AssertionError("bare loop returned a wrong result")
+                    del i
+
+            times = interleaved({"forkpool": fp_latency, "bare fork loop": bare_latency}, rounds)
+        out[size] = {name: statistics.median(s) / tasks for name, s in times.items()}
+        del ballast
+    return out
+
+
+# --- Redis cost -----------------------------------------------------------------------------
+
+
+def measure_redis_commands(url: str, tasks: int, workers: int) -> float:
+    client = redis.Redis.from_url(url)
+
+    def calls() -> int:
+        stats = client.info("commandstats")
+        return sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
+
+    before = calls()
+    run_executor(forkpool.ForkPerTaskExecutor(workers, redis=url, key_prefix="bench-count"), tasks)
+    per_task = (calls() - before) / tasks
+    client.close()
+    return per_task
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
+    """(target, measured, required, met) for every target of the suite."""
+    rate = results["throughput_tasks_per_s"]
+    bare = rate["bare fork loop"]
+    rows = [
+        ("forkpool / bare fork loop", rate["forkpool"] / bare, 0.9),
+        ("forkpool + Redis / bare fork loop", rate["forkpool + Redis"] / bare, 0.8),
+        (
+            "forkpool / PPE max_tasks_per_child=1 (forkserver)",
+            rate["forkpool"] / rate["PPE max_tasks_per_child=1 (forkserver)"],
+            10.0,
+        ),
+    ]
+    if "pebble ProcessPool(max_tasks=1)" in rate:
+        rows.append(
+            (
+                "forkpool / pebble max_tasks=1",
+                rate["forkpool"] / rate["pebble ProcessPool(max_tasks=1)"],
+                20.0,
+            )
+        )
+    memory = results["memory_mib"]["forkpool"]
+    rows.append(
+        (
+            "forkpool tree RSS growth (MiB, at most)",
+            memory["after_mib"] - memory["before_mib"],
+            10.0,
+        )
+    )
+    size = results["large_result_mib"]
+    for kind, times in results["large_results_s"].items():
+        rows.append(
+            (
+                f"{kind} {size} MiB result: PPE time / forkpool time",
+                times["PPE (fork, warm worker)"] / times["forkpool"],
+                1.5,
+            )
+        )
+        if kind != "bytes":
+            rows.append(
+                (
+                    f"{kind} {size} MiB result: forkpool / one copy (at most)",
+                    times["forkpool"] / times["one in-process copy"],
+                    3.0,
+                )
+            )
+    sizes = results["latency_s_by_parent_mib"]
+    biggest = max(sizes, key=int)
+    latency = sizes[biggest]
+    rows.append(
+        (
+            f"latency at {biggest} MiB parent: forkpool / bare (at most)",
+            latency["forkpool"] / latency["bare fork loop"],
+            1.1,
+        )
+    )
+    rows.append(("Redis commands per task (at most)", results["redis_commands_per_task"], 2.0))
+    out = []
+    for name, measured, required in rows:
+        at_most = "at most" in name
+        out.append(
+            (name, measured, required, measured <= required if at_most else measured >= required)
+        )
+    return out
+
+
+def print_report(results: dict[str, Any]) -> None:
+    print(f"forkpool benchmarks, {results['date']}, {results['machine']}")
+    print("\ntask throughput (tasks/s, median):")
+    for name, rate in sorted(results["throughput_tasks_per_s"].items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<42} {rate:9.1f}")
+    print("\nprocess-tree RSS around the heavy tasks (MiB):")
+    for name, rss in results["memory_mib"].items():
+        print(f"  {name:<42} {rss['before_mib']:7.0f} -> {rss['after_mib']:7.0f}")
+    print(f"\n{results['large_result_mib']} MiB results (seconds, median):")
+    for kind, times in results["large_results_s"].items():
+        print("  " + kind + ": " + ", ".join(f"{k} {v:.3f}" for k, v in times.items()))
+    print("\nper-task latency by parent size (ms):")
+    for size, times in results["latency_s_by_parent_mib"].items():
+        print(f"  {size:>5} MiB: " + ", ".join(f"{k} {v * 1000:.2f}" for k, v in times.items()))
+    print(f"\nRedis commands per task: {results['redis_commands_per_task']:.2f}")
+    print("\ntargets:")
+    for name, measured, required, met in results["targets"]:
+        print(f"  [{'met' if met else 'MISSED'}] {name}: {measured:.2f} (target {required:g})")
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib as mpl  # noqa: PLC0415 - only the bench session installs it
+
+        mpl.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        print("matplotlib is not installed; no chart")
+        return
+    rates = sorted(results["throughput_tasks_per_s"].items(), key=lambda kv: kv[1])
+    figure, axis = plt.subplots(figsize=(9, 4.5))
+    axis.barh([name for name, _ in rates], [rate for _, rate in rates], color="#4c72b0")
+    axis.set_xlabel("tasks per second (median; higher is better)")
+    axis.set_title(f"A fresh process per task: 2 workers, trivial tasks ({results['date']})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="a few tasks per contender")
+    parser.add_argument("--out", type=Path, default=Path.cwd())
+    args = parser.parse_args()
+    smoke = args.smoke
+    large_mib = 4 if smoke else 256
+    server = OwnServer()
+    server.start()
+    try:
+        results: dict[str, Any] = {
+            "date": dt.datetime.now(dt.timezone.utc).date().isoformat(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}, "
+            f"Python {platform.python_version()}",
+            "smoke": smoke,
+            "throughput_tasks_per_s": measure_throughput(
+                tasks=6 if smoke else 300, rounds=1 if smoke else 3, workers=2, redis_url=server.url
+            ),
+            "memory_mib": measure_memory(megabytes=8 if smoke else 400, tasks=2 if smoke else 4),
+            "large_result_mib": large_mib,
+            "large_results_s": measure_large_results(
+                size=large_mib * MIB, rounds=1 if smoke else 5
+            ),
+            "latency_s_by_parent_mib": measure_parent_size(
+                [0, 64] if smoke else [0, 512, 2048],
+                tasks=3 if smoke else 30,
+                rounds=1 if smoke else 5,
+            ),
+            "redis_commands_per_task": measure_redis_commands(
+                server.url, tasks=10 if smoke else 300, workers=2
+            ),
+        }
+    finally:
+        server.stop()
+    results["targets"] = targets(results)
+    print_report(results)
+    if not smoke:
+        (args.out / "bench-results.json").write_text(json.dumps(results, indent=2) + "\n")
+        chart(results, args.out / "bench-chart.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

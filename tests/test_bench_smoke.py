@@ -1,0 +1,28 @@
+"""The benchmark suite's smoke form: every contender runs and is checked, quickly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).parent / "benchmarks" / "bench.py"
+
+
+@pytest.mark.timeout(300)
+def test_bench_smoke(tmp_path):
+    """bench.py --smoke runs every measurement and checks every result it gets."""
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for section in ("task throughput", "process-tree RSS", "MiB results", "latency", "targets:"):
+        assert section in result.stdout
+    for contender in ("bare fork loop", "forkpool + Redis", "(forkserver)", "(spawn)", "pebble"):
+        assert contender in result.stdout

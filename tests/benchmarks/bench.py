@@ -82,30 +82,27 @@ def run_executor(executor: concurrent.futures.Executor, n: int) -> list[int]:
 
 
 def process_per_task(n: int, workers: int) -> list[int]:
-    """multiprocessing.Process per task, results through a queue."""
+    """A multiprocessing.Process per task, each result through its own pipe."""
     context = multiprocessing.get_context("fork")
-    queue = context.SimpleQueue()
     results: list[int] = [0] * n
-    running: list[multiprocessing.process.BaseProcess] = []
+    running: list[tuple[Any, Any, int]] = []
 
-    def work(i: int) -> None:
-        queue.put((i, double(i)))
+    def work(i: int, writer: Any) -> None:
+        writer.send(double(i))
+        writer.close()
 
-    done = 0
-    for i in range(n):
-        while len(running) >= workers:
-            index, value = queue.get()
-            results[index] = value
-            done += 1
-            running = [p for p in running if p.is_alive() or p.join() or False]
-        process = context.Process(target=work, args=(i,))
-        process.start()
-        running.append(process)
-    while done < n:
-        index, value = queue.get()
-        results[index] = value
-        done += 1
-    for process in running:
+    submitted = 0
+    while submitted < n or running:
+        while submitted < n and len(running) < workers:
+            reader, writer = context.Pipe(duplex=False)
+            process = context.Process(target=work, args=(submitted, writer))
+            process.start()
+            writer.close()
+            running.append((process, reader, submitted))
+            submitted += 1
+        process, reader, index = running.pop(0)
+        results[index] = reader.recv()
+        reader.close()
         process.join()
     return results
 

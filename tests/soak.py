@@ -256,7 +256,7 @@ def kill_sibling(url: str) -> tuple[float, int]:
 # --- the run ----------------------------------------------------------------------------------
 
 
-def main() -> int:  # noqa: PLR0915 - one linear script
+def main() -> int:  # noqa: C901, PLR0915 - one linear script
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=20261127)
@@ -269,43 +269,48 @@ def main() -> int:  # noqa: PLR0915 - one linear script
     server = OwnServer(persistent=True)
     server.start()
     chaos = RedisChaos(server, rng)
-    kinds = rng.choices(KINDS, WEIGHTS, k=args.tasks)
-    injected = collections.Counter(kinds)
-    wrong: list[str] = []
-    progress: dict[int, list[Any]] = collections.defaultdict(list)
-    sibling_at = args.tasks // 3
-    orphan_life, orphans = 0.0, 0
+    try:
+        kinds = rng.choices(KINDS, WEIGHTS, k=args.tasks)
+        injected = collections.Counter(kinds)
+        wrong: list[str] = []
+        progress: dict[int, list[Any]] = collections.defaultdict(list)
+        sibling_at = args.tasks // 3
+        orphan_life, orphans = 0.0, 0
 
-    with ForkPerTaskExecutor(
-        args.workers, redis=server.url, key_prefix=PREFIX, host=HOST, reap_interval=0.5, ttl=5
-    ) as ex:
-        chaos.start()
-        expected: dict[Any, tuple[int, tuple[Any, ...]]] = {}
-        for n, kind in enumerate(kinds):
-            fn, fn_args, outcome = make_task(kind, n, rng)
-            future = ex.submit(fn, *fn_args)
-            if kind == "progress":
-                future.add_progress_callback(lambda f, v, n=n: progress[n].append(v))
-            expected[future] = (n, outcome)
-            if n == sibling_at:
-                orphan_life, orphans = kill_sibling(server.url)
-                injected["sibling SIGKILLed"] += 1
-        for future in as_completed(expected, timeout=600):
-            n, outcome = expected.pop(future)
-            problem = check(future, outcome, progress.pop(n, []))
-            if problem:
-                wrong.append(f"task {n} ({outcome[0]}): {problem}")
+        with ForkPerTaskExecutor(
+            args.workers, redis=server.url, key_prefix=PREFIX, host=HOST, reap_interval=0.5, ttl=5
+        ) as ex:
+            chaos.start()
+            expected: dict[Any, tuple[int, tuple[Any, ...]]] = {}
+            for n, kind in enumerate(kinds):
+                fn, fn_args, outcome = make_task(kind, n, rng)
+                future = ex.submit(fn, *fn_args)
+                if kind == "progress":
+                    future.add_progress_callback(lambda f, v, n=n: progress[n].append(v))
+                expected[future] = (n, outcome)
+                if n == sibling_at:
+                    orphan_life, orphans = kill_sibling(server.url)
+                    injected["sibling SIGKILLed"] += 1
+            for future in as_completed(expected, timeout=600):
+                n, outcome = expected.pop(future)
+                problem = check(future, outcome, progress.pop(n, []))
+                if problem:
+                    wrong.append(f"task {n} ({outcome[0]}): {problem}")
+            chaos.stop.set()
+            chaos.join()
+            if not server.answers():
+                server.start()
+        injected["Redis killed"] = chaos.kills
+
+        client = redis.Redis.from_url(server.url)
+        keys = Keys(PREFIX, HOST)
+        leftover_entries = client.hlen(keys.meta) + client.zcard(keys.active)
+        client.close()
+    finally:
         chaos.stop.set()
-        chaos.join()
-        if not server.answers():
-            server.start()
-    injected["Redis killed"] = chaos.kills
-
-    client = redis.Redis.from_url(server.url)
-    keys = Keys(PREFIX, HOST)
-    leftover_entries = client.hlen(keys.meta) + client.zcard(keys.active)
-    client.close()
-    server.stop()
+        if chaos.is_alive():
+            chaos.join()  # it may be restarting the server; let it finish first
+        server.stop()
     reap_zombies()
     leftover_processes = live_children()
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

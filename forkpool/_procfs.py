@@ -14,16 +14,17 @@ from typing import Final
 
 import attrs
 
+from forkpool._linux import COMM_MAX
+
 # What a forkpool child calls itself (``/proc/<pid>/comm``), and the environment
 # variable it sets so that programs it execs carry the marker too.
 COMM_PREFIX: Final = "fp-"
 TASK_ID_ENV: Final = "FORKPOOL_TASK_ID"
-_COMM_MAX: Final = 15
 
 
 def comm_marker(task_id: str) -> str:
     """The kernel-visible name of the child that runs ``task_id``."""
-    return (COMM_PREFIX + task_id)[:_COMM_MAX]
+    return (COMM_PREFIX + task_id)[:COMM_MAX]
 
 
 @attrs.frozen

@@ -60,11 +60,12 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
 import attrs
 
 from forkpool import _linux, _procfs
-from forkpool._progress import open_channel
-from forkpool._wire import Kind, encode_exception, encode_result
+from forkpool._progress import Channel, install_channel, make_channel
+from forkpool._wire import Kind, Outcome, encode_exception, encode_result
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    import ctypes
+    from collections.abc import Callable, Iterable
 
 _FORK_WARNING_FILTER: Final = (
     "ignore",
@@ -92,7 +93,7 @@ _CATCHABLE: frozenset[int] = frozenset(
 )
 
 
-@attrs.frozen
+@attrs.define
 class ChildTask:
     """What a child runs: hooks, initializer, then the task itself."""
 
@@ -117,7 +118,8 @@ class Forker:
     """
 
     _spares: _SpareStdio | None = None
-    _thread_mask: frozenset[int] | None = None
+    _thread_mask: tuple[int, ...] | None = None
+    _parent_pid: int = 0
 
     def adopt_thread(self) -> None:
         """Block catchable signals in the calling (forking) thread for good.
@@ -125,7 +127,8 @@ class Forker:
         Remembers the mask the thread had, which each child restores once it has
         reset the signal handlers.
         """
-        self._thread_mask = block_signals_in_this_thread()
+        self._thread_mask = tuple(block_signals_in_this_thread())
+        self._parent_pid = os.getpid()
 
     def fork(
         self, task: ChildTask, read_fd: int, write_fd: int, close_in_child: Iterable[int]
@@ -135,6 +138,10 @@ class Forker:
         ``read_fd`` is the parent's end of the same pipe, through which the child
         can re-open the pipe if the task loses its own end.
 
+        Everything the child needs is built here, before fork: what the parent
+        allocates lands on pages it is writing anyway, while each page a child
+        touches is a copy-on-write fault of its own.
+
         Must be called from the supervisor thread (see the PDEATHSIG fact above).
 
         Raises:
@@ -143,16 +150,36 @@ class Forker:
         if self._thread_mask is None:
             msg = "Forker.adopt_thread() must be called in the forking thread first"
             raise RuntimeError(msg)
-        parent_pid = os.getpid()
         _flush_stdio()
-        spares = self._spare_stdio()
-        handled = _signals_to_reset()
-        mask = self._thread_mask
-        with _quiet_logging() as (handlers, busy), _fork_warning_silenced():
-            pid = os.fork()
+        channel = make_channel(write_fd, self._parent_pid, read_fd)
+        name = None
+        if task.task_id is not None:
+            name = _linux.name_buffer(_procfs.comm_marker(task.task_id))
+        locks = _LoggingLocks.acquire()
+        try:
+            setup = _ChildSetup(
+                parent_pid=self._parent_pid,
+                signals_to_reset=_signals_to_reset(),
+                signal_mask=self._thread_mask,
+                stream_swaps=self._spare_stdio().swaps(locks.handlers),
+                busy_handlers=locks.busy,
+                channel=channel,
+                close_fds=tuple(close_in_child),
+                name=name,
+            )
+            if _FORK_WARNS:
+                _silence_fork_warning()
+            try:
+                pid = os.fork()
+            finally:
+                if _FORK_WARNS:
+                    _unsilence_fork_warning()
             if pid == 0:
-                child = _ChildSetup(parent_pid, handled, mask, spares, handlers, busy)
-                _run_child(task, read_fd, write_fd, close_in_child, child)
+                _run_child(task, setup)
+        finally:
+            # Only the parent gets here; the child leaves through os._exit and logging
+            # re-initializes these locks in it.
+            locks.release()
         return pid
 
     def _spare_stdio(self) -> _SpareStdio:
@@ -186,19 +213,41 @@ class _SpareStdio:
             and self.settings == (_settings(sys.stdout), _settings(sys.stderr))
         )
 
-    def install(self, handlers: list[logging.Handler]) -> None:
-        """In the child: swap in the spares, repointing logging handlers too."""
+    def swaps(self, handlers: list[logging.Handler]) -> tuple[_StreamSwap, ...]:
+        """The replacements a child makes: in ``sys`` and in logging handlers."""
+        swaps: list[_StreamSwap] = []
         for name, old, new in zip(
             ("stdout", "stderr"), self.originals, self.replacements, strict=True
         ):
             if new is None:
                 continue
-            setattr(sys, name, new)
-            if getattr(sys, f"__{name}__", None) is old:
-                setattr(sys, f"__{name}__", new)
-            for handler in handlers:
-                if isinstance(handler, logging.StreamHandler) and handler.stream is old:
-                    handler.stream = new
+            also_dunder = getattr(sys, f"__{name}__", None) is old
+            # Handlers holding the stream itself; logging's last-resort handler
+            # reads sys.stderr through a property and follows by itself.
+            repointed = tuple(
+                handler
+                for handler in handlers
+                if isinstance(handler, logging.StreamHandler) and vars(handler).get("stream") is old
+            )
+            swaps.append(_StreamSwap(name, new, also_dunder, repointed))
+        return tuple(swaps)
+
+
+@attrs.frozen
+class _StreamSwap:
+    """In the child: ``sys.<name>`` (and maybe ``sys.__<name>__``) becomes ``new``."""
+
+    name: str
+    new: io.TextIOWrapper
+    also_dunder: bool
+    handlers: tuple[logging.StreamHandler[Any], ...]
+
+    def apply(self) -> None:
+        setattr(sys, self.name, self.new)
+        if self.also_dunder:
+            setattr(sys, f"__{self.name}__", self.new)
+        for handler in self.handlers:
+            handler.stream = self.new
 
 
 def _settings(stream: object) -> object:
@@ -236,36 +285,24 @@ def _fresh_text_stream(like: io.TextIOWrapper, fd: int) -> io.TextIOWrapper:
     )
 
 
-@attrs.frozen
+@attrs.define
 class _ChildSetup:
-    """What the parent decided, before fork, for the child to apply after it."""
+    """What the parent prepared, before fork, for the child to apply after it."""
 
     parent_pid: int
     signals_to_reset: frozenset[int]
-    signal_mask: Iterable[int]
-    spares: _SpareStdio
-    handlers: list[logging.Handler]
+    signal_mask: tuple[int, ...]
+    stream_swaps: tuple[_StreamSwap, ...]
     busy_handlers: list[logging.Handler]
+    channel: Channel
+    close_fds: tuple[int, ...]
+    name: ctypes.Array[ctypes.c_char] | None
 
 
-def _run_child(
-    task: ChildTask,
-    read_fd: int,
-    write_fd: int,
-    close_in_child: Iterable[int],
-    setup: _ChildSetup,
-) -> NoReturn:
+def _run_child(task: ChildTask, setup: _ChildSetup) -> NoReturn:
     status = EXIT_UNREPORTED
     try:
-        channel = open_channel(write_fd, setup.parent_pid, read_fd)
-        _become_independent(setup)
-        if task.task_id is not None:
-            _mark(task.task_id)
-        for fd in close_in_child:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        setup.spares.install(setup.handlers)
-        _give_fresh_streams(setup.busy_handlers)
+        _settle_in(task, setup)
         try:
             if task.memory_limit is not None:
                 _cap_memory(task.memory_limit)
@@ -275,17 +312,34 @@ def _run_child(
                 task.initializer(*task.initargs)
             value = task.fn(*task.args, **task.kwargs)
         except BaseException as exc:  # noqa: BLE001 - SystemExit and friends are outcomes too
-            kind, payload = Kind.RAISED, encode_exception(exc)
+            outcome = Outcome(Kind.RAISED, encode_exception(exc))
         else:
-            kind, payload = encode_result(value)
+            outcome = encode_result(value)
             del value
-        channel.send(kind, payload)
+        setup.channel.send_outcome(outcome)
         status = 0
     except BaseException:  # noqa: BLE001, S110 - nothing may escape a child; the parent sees the status
         pass
     finally:
         _flush_stdio()
         os._exit(status)
+
+
+def _settle_in(task: ChildTask, setup: _ChildSetup) -> None:
+    """In the child, before the task: detach from the parent's process state."""
+    install_channel(setup.channel)
+    _become_independent(setup)
+    if task.task_id is not None and setup.name is not None:
+        _mark(task.task_id, setup.name)
+    for fd in setup.close_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    for swap in setup.stream_swaps:
+        swap.apply()
+    if setup.busy_handlers:
+        _give_fresh_streams(setup.busy_handlers)
 
 
 def _cap_memory(limit: int) -> None:
@@ -309,13 +363,13 @@ def _cap_memory(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
 
 
-def _mark(task_id: str) -> None:
+def _mark(task_id: str, name: ctypes.Array[ctypes.c_char]) -> None:
     """Mark this process as the task's, where a reaper can check it on the kernel.
 
     The name (``/proc/self/comm``) is inherited by processes the task forks; the
     environment variable by programs it execs.
     """
-    _linux.set_name(_procfs.comm_marker(task_id))
+    _linux.set_name(name)
     os.environ[_procfs.TASK_ID_ENV] = task_id
 
 
@@ -325,10 +379,14 @@ def _become_independent(setup: _ChildSetup) -> None:
     gc.freeze()
     os.setpgid(0, 0)
     for signum in setup.signals_to_reset:
-        with contextlib.suppress(OSError, ValueError):
-            signal.signal(signum, signal.SIG_DFL)
-    with contextlib.suppress(ValueError):
-        signal.set_wakeup_fd(-1)
+        try:
+            _signal.signal(signum, _signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    try:
+        _signal.set_wakeup_fd(-1)
+    except ValueError:
+        pass
     _signal.pthread_sigmask(_signal.SIG_SETMASK, setup.signal_mask)
     if _linux.set_parent_death_signal(signal.SIGKILL) and os.getppid() != setup.parent_pid:
         # The parent died before prctl took effect; nobody will read our result.
@@ -362,46 +420,57 @@ def block_signals_in_this_thread() -> frozenset[int]:
     return frozenset(previous)
 
 
-@contextlib.contextmanager
-def _fork_warning_silenced() -> Iterator[None]:
-    filters = cast("list[Any]", warnings.filters)
-    filters.insert(0, _FORK_WARNING_FILTER)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(ValueError):
-            filters.remove(_FORK_WARNING_FILTER)
+# Only 3.12+ warns about forking a multi-threaded process.
+_FORK_WARNS: Final = sys.version_info >= (3, 12)
 
 
-@contextlib.contextmanager
-def _quiet_logging() -> Iterator[tuple[list[logging.Handler], list[logging.Handler]]]:
-    """Hold logging's locks across fork; yield (all handlers, handlers not held)."""
-    held: list[Any] = []
-    handlers: list[logging.Handler] = []
-    busy: list[logging.Handler] = []
-    module_lock = getattr(logging, "_lock", None)
+def _silence_fork_warning() -> None:
+    cast("list[Any]", warnings.filters).insert(0, _FORK_WARNING_FILTER)
+
+
+def _unsilence_fork_warning() -> None:
     try:
-        if module_lock is not None and module_lock.acquire(timeout=_MODULE_LOCK_WAIT):
-            held.append(module_lock)
+        cast("list[Any]", warnings.filters).remove(_FORK_WARNING_FILTER)
+    except ValueError:
+        pass
+
+
+@attrs.define
+class _LoggingLocks:
+    """Logging's locks, held across fork: all handlers, and those we could not take."""
+
+    held: list[Any]
+    handlers: list[logging.Handler]
+    busy: list[logging.Handler]
+
+    @classmethod
+    def acquire(cls) -> _LoggingLocks:
+        held: list[Any] = []
+        module_lock = getattr(logging, "_lock", None)
+        if module_lock is None or not module_lock.acquire(timeout=_MODULE_LOCK_WAIT):
             handlers = _all_handlers()
-            deadline = time.monotonic() + _HANDLER_LOCKS_WAIT
-            for handler in handlers:
-                lock = handler.lock
-                if lock is None:
-                    continue
-                if lock.acquire(blocking=False) or lock.acquire(
-                    timeout=max(0.0, deadline - time.monotonic())
-                ):
-                    held.append(lock)
-                else:
-                    busy.append(handler)
-        else:
-            busy = handlers = _all_handlers()
-        yield handlers, busy
-    finally:
-        # Only the parent gets here; the child leaves through os._exit and logging
-        # re-initializes these locks in it.
-        for lock in reversed(held):
+            return cls(held, handlers, handlers)
+        held.append(module_lock)
+        handlers = _all_handlers()
+        busy: list[logging.Handler] = []
+        deadline = 0.0
+        for handler in handlers:
+            lock = handler.lock
+            if lock is None:
+                continue
+            if lock.acquire(blocking=False):
+                held.append(lock)
+                continue
+            if not deadline:
+                deadline = time.monotonic() + _HANDLER_LOCKS_WAIT
+            if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                held.append(lock)
+            else:
+                busy.append(handler)
+        return cls(held, handlers, busy)
+
+    def release(self) -> None:
+        for lock in reversed(self.held):
             lock.release()
 
 
@@ -438,9 +507,11 @@ def _all_handlers() -> list[logging.Handler]:
 
 def _flush_stdio() -> None:
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            if stream is not None:
+        if stream is not None:
+            try:
                 stream.flush()
+            except Exception:  # noqa: BLE001, S110 - a broken stream must not stop a fork
+                pass
 
 
 def describe_status(status: int) -> tuple[int | None, int | None]:

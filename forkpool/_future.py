@@ -13,10 +13,11 @@ from concurrent.futures._base import (
 )
 from typing import TYPE_CHECKING, Any, TypeVar
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from forkpool._usage import ResourceUsage
 
-    from forkpool._usage import ResourceUsage
+if TYPE_CHECKING:
+    import resource
+    from collections.abc import Callable
 
 logger = logging.getLogger("forkpool")
 
@@ -33,18 +34,34 @@ class ForkFuture(Future[T]):
 
     Attributes:
         pid: The child's process id, None until the task has been forked.
-        rusage: What the child used (:class:`ResourceUsage`), once it is reaped.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.pid: int | None = None
-        self.rusage: ResourceUsage | None = None
+        # wait4's answer, turned into a ResourceUsage only if someone asks.
+        self._raw_usage: resource.struct_rusage | None = None
+        self._wall_time = 0.0
+        self._reaped = False
+        self._usage: ResourceUsage | None = None
         # Set by the executor: asks its supervisor to drop or stop this task.
         self._on_cancel: Callable[[ForkFuture[T]], None] | None = None
         self._progress: object = None
         self._progress_seen = False
         self._progress_callbacks: list[Callable[[ForkFuture[T], Any], object]] = []
+
+    @property
+    def rusage(self) -> ResourceUsage | None:
+        """What the child used (:class:`ResourceUsage`), once it is reaped; else None."""
+        if self._usage is None and self._reaped:
+            self._usage = ResourceUsage.from_rusage(self._raw_usage, self._wall_time)
+        return self._usage
+
+    def _set_usage(self, raw: resource.struct_rusage | None, wall_time: float) -> None:
+        """Record the reaped child's usage (None if something else reaped it)."""
+        self._raw_usage = raw
+        self._wall_time = wall_time
+        self._reaped = True
 
     @property
     def progress(self) -> object:

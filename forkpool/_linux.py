@@ -28,10 +28,13 @@ def _load_prctl() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
         return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
+        # A private function object (indexing does not cache one on the library)
+        # without argtypes: converting arguments through ctypes types touches dozens
+        # of objects, and in a fresh child each touched page is a copy-on-write fault.
+        # Callers pass small ints and ctypes buffers, which need no conversion.
+        prctl = libc["prctl"]
     except (OSError, AttributeError):
         return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     prctl.restype = ctypes.c_int
     return prctl
 
@@ -46,12 +49,14 @@ def set_parent_death_signal(signum: int = signal.SIGKILL) -> bool:
     return bool(_prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0)
 
 
-def set_name(name: str) -> None:
+def name_buffer(name: str) -> ctypes.Array[ctypes.c_char]:
+    """Prepare a kernel-visible name for :func:`set_name` (built before forking)."""
+    return ctypes.create_string_buffer(name.encode("ascii", "replace")[:COMM_MAX])
+
+
+def set_name(name: ctypes.Array[ctypes.c_char]) -> None:
     """Set this thread's kernel-visible name (``/proc/self/comm``), as prctl does."""
-    encoded = name.encode("ascii", "replace")[:COMM_MAX]
-    if _prctl is not None:
-        buffer = ctypes.create_string_buffer(encoded)
-        if _prctl(PR_SET_NAME, ctypes.addressof(buffer), 0, 0, 0) == 0:
-            return
+    if _prctl is not None and _prctl(PR_SET_NAME, name, 0, 0, 0) == 0:
+        return
     with contextlib.suppress(OSError):
-        Path("/proc/self/comm").write_bytes(encoded)
+        Path("/proc/self/comm").write_bytes(name.value)

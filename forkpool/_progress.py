@@ -13,11 +13,11 @@ import warnings
 
 import attrs
 
-from forkpool._wire import Kind, dumps, write_frame
+from forkpool._wire import Kind, Outcome, dumps, send_outcome, write_frame
 
 
 @attrs.define
-class _Channel:
+class Channel:
     """The child's end of the result pipe, recoverable if the task loses it.
 
     A task may close or ``dup2`` over any descriptor, the pipe's included. Before
@@ -35,6 +35,10 @@ class _Channel:
     def send(self, kind: Kind, payload: bytes) -> None:
         with self.lock:
             write_frame(self._pipe(), kind, payload)
+
+    def send_outcome(self, outcome: Outcome) -> None:
+        with self.lock:
+            send_outcome(self._pipe(), outcome)
 
     def _pipe(self) -> int:
         if _identity(self.fd) == self.identity:
@@ -61,17 +65,21 @@ def _identity(fd: int) -> tuple[int, int] | None:
 class _ChildState:
     """The reporting channel of this process, set only inside a forkpool child."""
 
-    channel: _Channel | None = None
+    channel: Channel | None = None
 
 
-def open_channel(fd: int, parent_pid: int, parent_read_fd: int) -> _Channel:
-    """In a new child: route report_progress() and the outcome through ``fd``."""
+def make_channel(fd: int, parent_pid: int, parent_read_fd: int) -> Channel:
+    """In the parent, before fork: the channel a child will report through on ``fd``."""
     identity = _identity(fd)
     if identity is None:
-        msg = f"the result pipe (fd {fd}) is not open in the child"
+        msg = f"the result pipe (fd {fd}) is not open"
         raise OSError(msg)
-    channel = _ChildState.channel = _Channel(fd, parent_pid, parent_read_fd, identity)
-    return channel
+    return Channel(fd, parent_pid, parent_read_fd, identity)
+
+
+def install_channel(channel: Channel) -> None:
+    """In a new child: route report_progress() and the outcome through ``channel``."""
+    _ChildState.channel = channel
 
 
 def report_progress(value: object) -> None:

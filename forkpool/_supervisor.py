@@ -1,11 +1,17 @@
 """The supervisor: one thread per executor that forks, reads, reaps and resolves.
 
-It blocks in a selector on three kinds of descriptor: its wake-up pipe (submit,
+It blocks in epoll on three kinds of descriptor: its wake-up pipe (submit,
 cancel, shutdown), each child's result pipe (read as data arrives, so a child
 writing a large result never blocks on a full pipe), and each child's pidfd (which
-becomes readable when the child exits). The selector's timeout is the nearest task
+becomes readable when the child exits). The poll timeout is the nearest task
 deadline or SIGKILL escalation, so there is no polling loop -- except on kernels
 without pidfd (Linux < 5.3), where exits are peeked every 50 ms.
+
+Each fork write-protects every page of this process, so each page the parent
+writes before the next fork is a copy-on-write fault; with Python's reference
+counts, touching an object writes its page. The per-task path is therefore kept
+short in objects as well as in time: epoll used directly rather than through
+``selectors``, no per-task closures or context managers, one read per readiness.
 
 The supervisor keeps its own copy of each pipe's write end until the child is
 reaped. The pipe therefore never reports EOF (exits are seen through the pidfd,
@@ -25,11 +31,10 @@ import enum
 import logging
 import os
 import pickle
-import selectors
+import select
 import signal
 import threading
 import time
-import uuid
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -37,7 +42,6 @@ import attrs
 from forkpool import _fork, _linux, _wire
 from forkpool._errors import ChildDiedError, ForkPoolError, TaskTimeoutError
 from forkpool._options import qualified_name
-from forkpool._usage import ResourceUsage
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -111,6 +115,7 @@ class Child:
     started: float
     deadline: float | None
     reader: _wire.FrameReader = attrs.field(factory=_wire.FrameReader)
+    buffers: list[bytearray] = attrs.field(factory=list)
     outcome: _wire.Frame | None = None
     exited: bool = False
     stop_reason: StopReason | None = None
@@ -155,11 +160,19 @@ class Supervisor:
         self._commands: collections.deque[_Cancel | _StopAll] = collections.deque()
         self._children: dict[int, Child] = {}
         self._by_future: dict[ForkFuture[Any], Child] = {}
-        self._selector = selectors.DefaultSelector()
+        self._poller = select.epoll()
+        # What each polled descriptor belongs to (the wake-up pipe is neither).
+        self._pipes: dict[int, Child] = {}
+        self._pidfds: dict[int, Child] = {}
+        self._scratch = bytearray(_wire.SCRATCH_SIZE)
+        # The children with a deadline or a pending SIGKILL, and those without a
+        # pidfd: the only ones the timing and polling loops need to look at.
+        self._timed: dict[int, Child] = {}
+        self._unpolled: dict[int, Child] = {}
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wake_lock = threading.Lock()
         self._closed = False
-        self._selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeups)
+        self._poller.register(self._wake_r, select.EPOLLIN)
         self._shutting_down = False
         self._abandoned = False
         self._abandon_handled = False
@@ -221,7 +234,7 @@ class Supervisor:
         return self._thread.is_alive()
 
     def wake(self) -> None:
-        """Interrupt the selector so the thread looks at its queues."""
+        """Interrupt the poll so the thread looks at its queues."""
         with self._wake_lock:
             if self._closed:
                 return
@@ -249,10 +262,20 @@ class Supervisor:
         self._dispatch()
         if self._finished():
             return False
-        for key, _ in self._selector.select(self._next_timeout()):
-            key.data()
-        self._peek_exits_without_pidfd()
-        self._enforce_deadlines(time.monotonic())
+        for fd, _ in self._poller.poll(self._next_timeout()):
+            child = self._pipes.get(fd)
+            if child is not None:
+                self._read(child)
+                continue
+            child = self._pidfds.get(fd)
+            if child is not None:
+                self._reap(child)
+            elif fd == self._wake_r:
+                self._drain_wakeups()
+        if self._unpolled:
+            self._peek_exits_without_pidfd()
+        if self._timed:
+            self._enforce_deadlines(time.monotonic())
         return True
 
     def _finished(self) -> bool:
@@ -299,7 +322,7 @@ class Supervisor:
         except OSError as exc:
             future._resolve(exception=_with_context(exc, "cannot create the result pipe"))  # noqa: SLF001
             return
-        task_id = uuid.uuid4().hex if self._bookkeeper is not None else None
+        task_id = os.urandom(16).hex() if self._bookkeeper is not None else None
         task = _fork.ChildTask(
             fn=fn,
             args=args,
@@ -332,13 +355,17 @@ class Supervisor:
         self, pid: int, item: WorkItem, read_fd: int, write_fd: int, task_id: str | None
     ) -> Child:
         # Both sides call setpgid so the group exists before either relies on it.
-        with contextlib.suppress(OSError):
+        try:
             os.setpgid(pid, pid)
+        except OSError:
+            pass  # the child already exec'd or died; it set its own group first
         os.set_blocking(read_fd, False)
         pidfd = None
         if _linux.HAS_PIDFD:
-            with contextlib.suppress(OSError):
+            try:
                 pidfd = os.pidfd_open(pid)
+            except OSError:
+                pass  # out of descriptors: exits are polled for instead
         now = time.monotonic()
         timeout = item.options.timeout
         child = Child(
@@ -355,9 +382,15 @@ class Supervisor:
         item.future.pid = pid
         self._children[pid] = child
         self._by_future[item.future] = child
-        self._selector.register(read_fd, selectors.EVENT_READ, lambda: self._read(child))
+        self._pipes[read_fd] = child
+        self._poller.register(read_fd, select.EPOLLIN)
         if pidfd is not None:
-            self._selector.register(pidfd, selectors.EVENT_READ, lambda: self._reap(child))
+            self._pidfds[pidfd] = child
+            self._poller.register(pidfd, select.EPOLLIN)
+        else:
+            self._unpolled[pid] = child
+        if timeout is not None:
+            self._timed[pid] = child
         if task_id is not None and self._bookkeeper is not None:
             self._bookkeeper.register(
                 Forked(
@@ -369,40 +402,62 @@ class Supervisor:
                     ttl=item.options.ttl,
                 )
             )
-        logger.debug("forked child %d for %r", pid, item.fn)
         return child
 
     def _parent_fds(self, read_fd: int) -> list[int]:
         """Descriptors of the supervisor that a new child must close."""
-        fds = [self._wake_r, self._wake_w, read_fd]
-        selector_fd = getattr(self._selector, "fileno", None)
-        if selector_fd is not None:
-            fds.append(selector_fd())
+        fds = [self._wake_r, self._wake_w, read_fd, self._poller.fileno()]
         for child in self._children.values():
             fds.extend(fd for fd in (child.read_fd, child.write_fd, child.pidfd) if fd is not None)
         return fds
 
-    def _read(self, child: Child) -> None:
-        if child.read_fd is None:
-            return
+    def _read(self, child: Child) -> bool:
+        """Read once from the child's pipe; False when nothing more is there now.
+
+        Once per readiness: epoll reports the pipe again while bytes remain.
+        """
+        fd = child.read_fd
+        if fd is None:
+            return False
         try:
-            frames = child.reader.read(child.read_fd)
+            frames = child.reader.read(fd, self._scratch)
+        except BlockingIOError:
+            return False
         except (_wire.FrameError, OSError) as exc:
-            self._close_pipe(child)
-            self._stop(child, StopReason.CORRUPT, signal.SIGKILL, error=exc)
-            return
+            self._corrupt(child, exc)
+            return False
         for frame in frames:
-            if frame.kind is _wire.Kind.PROGRESS:
-                self._deliver_progress(child, frame.payload)
-                continue
-            if child.outcome is not None:
-                self._close_pipe(child)
-                error = _wire.FrameError("a second outcome frame after the first")
-                self._stop(child, StopReason.CORRUPT, signal.SIGKILL, error=error)
-                return
-            child.outcome = frame
+            if not self._take(child, frame):
+                return False
         if child.reader.eof:
             self._close_pipe(child)
+            return False
+        return True
+
+    def _take(self, child: Child, frame: _wire.Frame) -> bool:
+        kind = frame.kind
+        if kind is _wire.Kind.PROGRESS:
+            self._deliver_progress(child, frame.payload)
+        elif child.outcome is not None:
+            self._corrupt(child, _wire.FrameError("a frame after the outcome"))
+            return False
+        elif kind is _wire.Kind.BUFFER:
+            child.buffers.append(frame.payload)  # type: ignore[arg-type]  # always a bytearray
+        else:
+            child.outcome = frame
+        return True
+
+    def _corrupt(self, child: Child, error: BaseException) -> None:
+        self._close_pipe(child)
+        self._stop(child, StopReason.CORRUPT, signal.SIGKILL, error=error)
+
+    def _drain(self, child: Child) -> None:
+        """The child has exited: read what it left in the pipe, up to its outcome.
+
+        Not up to EOF: a grandchild may hold a copy of the write end.
+        """
+        while child.outcome is None and self._read(child):
+            pass
 
     def _deliver_progress(self, child: Child, payload: bytes | bytearray) -> None:
         try:
@@ -419,7 +474,10 @@ class Supervisor:
 
     def _close_pipe(self, child: Child) -> None:
         if child.read_fd is not None:
-            self._selector.unregister(child.read_fd)
+            # Unregistered explicitly: epoll watches the open pipe, not the number,
+            # and a child may still hold a copy of the read end for a moment.
+            self._poller.unregister(child.read_fd)
+            del self._pipes[child.read_fd]
             os.close(child.read_fd)
             child.read_fd = None
         if child.write_fd is not None:
@@ -428,41 +486,44 @@ class Supervisor:
 
     def _reap(self, child: Child) -> None:
         child.exited = True
-        # Everything the child wrote is in the pipe by now. Read it without waiting
-        # for EOF: a grandchild may hold a copy of the write end.
-        self._read(child)
+        # Everything the child wrote is in the pipe by now.
+        self._drain(child)
         self._close_pipe(child)
         # Whatever is left in the group outlived its task. The zombie leader still
         # pins the group id, so this reaches only the task's own descendants.
-        if _unreaped(child.pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.pid, signal.SIGKILL)
+        pid = child.pid
+        if _unreaped(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass  # nothing left to kill
         if child.task_id is not None and self._bookkeeper is not None:
             self._bookkeeper.remove(child.task_id)  # before the reap; see Bookkeeper.remove
+        future = child.future
         try:
-            _, status, raw_usage = os.wait4(child.pid, 0)
+            _, status, raw_usage = os.wait4(pid, 0)
         except ChildProcessError:
             # Reaped behind our back: SIGCHLD set to SIG_IGN, or a wait() elsewhere
             # in the program. The outcome frame, if any, is still good.
-            status, usage = -1, ResourceUsage(0, 0.0, 0.0, time.monotonic() - child.started)
-        else:
-            usage = ResourceUsage.from_rusage(raw_usage, time.monotonic() - child.started)
-        child.future.rusage = usage
+            status, raw_usage = -1, None
+        future._set_usage(raw_usage, time.monotonic() - child.started)  # noqa: SLF001
         if child.pidfd is not None:
-            self._selector.unregister(child.pidfd)
+            self._poller.unregister(child.pidfd)
+            del self._pidfds[child.pidfd]
             os.close(child.pidfd)
             child.pidfd = None
-        del self._children[child.pid]
-        self._by_future.pop(child.future, None)
+        del self._children[pid]
+        del self._by_future[future]
+        self._timed.pop(pid, None)
+        self._unpolled.pop(pid, None)
         exitcode, signum = (None, None) if status < 0 else _fork.describe_status(status)
-        logger.debug(
-            "child %d ended (exit code %s, signal %s): %s", child.pid, exitcode, signum, usage
-        )
-        self._settle(child, exitcode, signum, usage)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "child %d ended (exit code %s, signal %s): %s", pid, exitcode, signum, future.rusage
+            )
+        self._settle(child, exitcode, signum)
 
-    def _settle(
-        self, child: Child, exitcode: int | None, signum: int | None, usage: ResourceUsage
-    ) -> None:
+    def _settle(self, child: Child, exitcode: int | None, signum: int | None) -> None:
         future, reason, outcome = child.future, child.stop_reason, child.outcome
         if reason is StopReason.CANCELLED:
             return
@@ -470,7 +531,7 @@ class Supervisor:
             future._resolve(exception=child.stop_error)  # noqa: SLF001
             return
         if outcome is not None and (reason is None or child.outcome_before_stop):
-            self._resolve_outcome(future, outcome)
+            self._resolve_outcome(future, outcome, child.buffers)
             return
         if reason is StopReason.TIMEOUT:
             timeout = child.options.timeout or 0.0
@@ -479,17 +540,21 @@ class Supervisor:
         detail = "" if reason is None else reason.value
         if reason is StopReason.CORRUPT and child.stop_error is not None:
             detail = f"{detail} ({child.stop_error})"
-        elif reason is None and child.reader.mid_frame:
+        elif reason is None and (child.reader.mid_frame or child.buffers):
             detail = "its result was cut short"
         elif exitcode is None and signum is None:
             detail = "something else in this process reaped it (is SIGCHLD ignored?)"
-        error = ChildDiedError(child.pid, exitcode, signum, detail, usage)
+        error = ChildDiedError(child.pid, exitcode, signum, detail, future.rusage)
         future._resolve(exception=error)  # noqa: SLF001
 
-    def _resolve_outcome(self, future: ForkFuture[Any], outcome: _wire.Frame) -> None:
+    def _resolve_outcome(
+        self, future: ForkFuture[Any], outcome: _wire.Frame, buffers: list[bytearray]
+    ) -> None:
         try:
             if outcome.kind is _wire.Kind.RESULT:
-                future._resolve(result=_wire.decode_result(outcome.payload))  # noqa: SLF001
+                result = _wire.decode_result(outcome.payload, buffers)
+                buffers.clear()
+                future._resolve(result=result)  # noqa: SLF001
             else:
                 future._resolve(exception=_wire.decode_exception(outcome.payload))  # noqa: SLF001
         except Exception as exc:  # noqa: BLE001 - a bad payload fails only its own task
@@ -515,6 +580,7 @@ class Supervisor:
                 return  # already sent; SIGKILL follows at kill_at
             self._signal(child, signal.SIGTERM)
             child.kill_at = time.monotonic() + grace
+            self._timed[child.pid] = child
         else:
             self._signal(child, signal.SIGKILL)
             child.kill_at = None
@@ -531,7 +597,7 @@ class Supervisor:
                 os.killpg(child.pid, signum)
 
     def _enforce_deadlines(self, now: float) -> None:
-        for child in list(self._children.values()):
+        for child in list(self._timed.values()):
             if child.exited:
                 continue
             if child.kill_at is not None and now >= child.kill_at:
@@ -542,19 +608,21 @@ class Supervisor:
                 self._stop(child, StopReason.TIMEOUT, signal.SIGTERM)
 
     def _next_timeout(self) -> float | None:
+        if not self._timed and not self._unpolled:
+            return None
         wake_at: float | None = None
-        for child in self._children.values():
+        for child in self._timed.values():
             for moment in (child.kill_at, None if child.stop_reason else child.deadline):
                 if moment is not None and (wake_at is None or moment < wake_at):
                     wake_at = moment
         timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
-        if any(child.pidfd is None for child in self._children.values()):
+        if self._unpolled:
             timeout = _EXIT_POLL_INTERVAL if timeout is None else min(timeout, _EXIT_POLL_INTERVAL)
         return timeout
 
     def _peek_exits_without_pidfd(self) -> None:
-        for child in list(self._children.values()):
-            if child.pidfd is None and not child.exited and not _running(child.pid):
+        for child in list(self._unpolled.values()):
+            if not child.exited and not _running(child.pid):
                 self._reap(child)
 
     # --- the end -----------------------------------------------------------------------
@@ -570,6 +638,8 @@ class Supervisor:
             child.future._resolve(exception=error)  # noqa: SLF001
         self._children.clear()
         self._by_future.clear()
+        self._timed.clear()
+        self._unpolled.clear()
         while self._pending:
             future = self._pending.popleft().future
             if future._start_running():  # noqa: SLF001
@@ -585,7 +655,7 @@ class Supervisor:
                 if fd is not None:
                     with contextlib.suppress(OSError):
                         os.close(fd)
-        self._selector.close()
+        self._poller.close()
 
 
 def _running(pid: int) -> bool:

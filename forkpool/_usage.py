@@ -29,8 +29,10 @@ class ResourceUsage:
     wall_time: float
 
     @classmethod
-    def from_rusage(cls, usage: resource.struct_rusage, wall_time: float) -> ResourceUsage:
-        """Convert ``wait4``'s rusage (Linux reports ru_maxrss in KiB)."""
+    def from_rusage(cls, usage: resource.struct_rusage | None, wall_time: float) -> ResourceUsage:
+        """Convert ``wait4``'s rusage (Linux reports ru_maxrss in KiB); None gives zeros."""
+        if usage is None:
+            return cls(max_rss_bytes=0, user_time=0.0, system_time=0.0, wall_time=wall_time)
         return cls(
             max_rss_bytes=usage.ru_maxrss * _KIB,
             user_time=usage.ru_utime,

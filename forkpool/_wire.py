@@ -2,7 +2,15 @@
 
 A frame is ``b"fp"``, one kind byte, the payload length as an unsigned 64-bit
 little-endian integer, then the payload. A child sends any number of ``PROGRESS``
-frames, then at most one outcome frame (``RESULT`` or ``RAISED``), always last.
+frames, then its outcome: zero or more ``BUFFER`` frames and one ``RESULT`` frame,
+or one ``RAISED`` frame. The outcome is always last.
+
+A result is a protocol-5 pickle. Large contiguous buffers in it (a top-level
+``bytes`` or ``bytearray``, a numpy array at any depth) travel out of band: the
+child writes each one straight from the object's memory as a ``BUFFER`` frame, the
+parent reads it into a ``bytearray`` that becomes the object's memory again, and
+the pickle itself stays small. A big ``bytearray`` or array therefore costs one
+pass through the pipe and no pickling copy on either side.
 
 The parent parses incrementally (:class:`FrameReader`) as bytes arrive, so a child
 blocked on a full pipe is always drained. Any byte sequence in gives frames or a
@@ -12,32 +20,35 @@ length the header merely claims.
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import errno
 import fcntl
 import os
 import pickle
 import struct
 import traceback
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import cloudpickle
 
 from forkpool._errors import RemoteTaskError, RemoteTraceback, ResultNotPicklableError
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 MAGIC: Final = b"fp"
 HEADER: Final = struct.Struct("<2sBQ")
 
-# Payloads up to this size are allocated at once when their header arrives; larger
-# ones grow by doubling as their bytes arrive (a corrupt header cannot make us
-# allocate what was never sent).
-_PREALLOCATE_LIMIT: Final = 64 << 20
+# A first read takes what a default pipe holds: a small outcome arrives whole in it.
+_FIRST_READ: Final = 1 << 16
+SCRATCH_SIZE: Final = _FIRST_READ
+# Reads of a large payload in progress (the size we raise the pipe to).
 _READ_CHUNK: Final = 1 << 20
 # Linux lets an unprivileged process raise a pipe to /proc/sys/fs/pipe-max-size
 # (1 MiB by default); fewer, larger writes and reads move big results faster.
 _BIG_PIPE: Final = 1 << 20
+# Buffers at least this large travel out of band; smaller ones stay in the pickle.
+OUT_OF_BAND_MIN: Final = 1 << 16
 
 
 class Kind(enum.IntEnum):
@@ -46,13 +57,18 @@ class Kind(enum.IntEnum):
     RESULT = 1
     RAISED = 2
     PROGRESS = 3
+    BUFFER = 4
+
+
+# Kind(byte) goes through EnumMeta.__call__; a dict lookup is what the hot path needs.
+_KINDS: Final = {int(kind): kind for kind in Kind}
 
 
 class FrameError(Exception):
     """The byte stream from a child is not a valid sequence of frames."""
 
 
-@attrs.frozen
+@attrs.define
 class Frame:
     """One complete message from a child."""
 
@@ -60,19 +76,21 @@ class Frame:
     payload: bytes | bytearray
 
 
-def write_frame(fd: int, kind: Kind, payload: bytes) -> None:
+def write_frame(fd: int, kind: Kind, payload: bytes | memoryview) -> None:
     """Write one frame to a blocking pipe, completing partial writes."""
     header = HEADER.pack(MAGIC, kind, len(payload))
-    if len(payload) <= 1 << 16:
+    if len(payload) <= _FIRST_READ:
         _write_all(fd, header + payload)
         return
-    with contextlib.suppress(OSError):
+    try:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _BIG_PIPE)
+    except OSError:
+        pass  # a smaller pipe only means more writes
     _write_all(fd, header)
     _write_all(fd, payload)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -85,45 +103,58 @@ class FrameReader:
         eof: The writer closed its end.
     """
 
+    __slots__ = ("_header", "_kind", "_length", "_payload", "eof")
+
     def __init__(self) -> None:
         self.eof = False
-        self._header = bytearray()
+        self._header = b""
         self._kind: Kind | None = None
         self._length = 0
         self._payload = bytearray()
-        self._filled = 0
 
     @property
     def mid_frame(self) -> bool:
         """Bytes of an unfinished frame have been received."""
         return bool(self._header) or self._kind is not None
 
-    def read(self, fd: int) -> list[Frame]:
-        """Read all that is available now; return the frames it completed.
+    def read(self, fd: int, scratch: bytearray | None = None) -> list[Frame]:
+        """Read once from ``fd``; return the frames that completed.
+
+        One ``read`` per call: with a level-triggered poller the caller is woken
+        again while bytes remain. Small reads land in ``scratch`` (a reusable
+        buffer of at least 64 KiB) if given, rather than in a new allocation.
 
         Raises:
+            BlockingIOError: Nothing was available.
             FrameError: The stream is corrupt.
         """
-        frames: list[Frame] = []
-        while not self.eof:
-            try:
-                if self._kind is not None and self._length - self._filled > _READ_CHUNK // 4:
-                    got = self._read_into_payload(fd)
-                    if got:
-                        self._finish_payload_if_full(frames)
-                    continue
-                data = os.read(fd, _READ_CHUNK)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno.EINTR:
-                    continue
-                raise
-            if not data:
-                self.eof = True
-                break
-            frames.extend(self.feed(data))
-        return frames
+        kind = self._kind
+        if kind is not None:
+            missing = self._length - len(self._payload)
+            if missing > _FIRST_READ:
+                # A large payload: append each read to it. The bytearray grows in
+                # place (realloc moves pages, not bytes), so the payload is never
+                # copied again and is only ever as large as what has arrived.
+                chunk = os.read(fd, min(missing, _READ_CHUNK))
+                if not chunk:
+                    self.eof = True
+                    return []
+                self._payload += chunk
+                if len(chunk) < missing:
+                    return []
+                frames: list[Frame] = [Frame(kind, self._payload)]
+                self._kind = None
+                self._payload = bytearray()
+                return frames
+        data: bytes | memoryview
+        if scratch is None:
+            data = os.read(fd, _FIRST_READ)
+        else:
+            data = memoryview(scratch)[: os.readv(fd, (scratch,))]
+        if not data:
+            self.eof = True
+            return []
+        return self.feed(data)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Parse bytes already read; return the frames they completed.
@@ -132,95 +163,163 @@ class FrameReader:
             FrameError: The stream is corrupt.
         """
         frames: list[Frame] = []
+        if self._header:
+            data = self._header + bytes(data)
+            self._header = b""
         view = memoryview(data)
-        while view:
-            if self._kind is None:
-                take = HEADER.size - len(self._header)
-                self._header += view[:take]
-                view = view[take:]
-                if len(self._header) == HEADER.size:
-                    self._start_payload()
-                    self._finish_payload_if_full(frames)
-                continue
-            take = min(len(view), self._length - self._filled)
-            self._reserve(self._filled + take)
-            self._payload[self._filled : self._filled + take] = view[:take]
-            self._filled += take
-            view = view[take:]
-            self._finish_payload_if_full(frames)
+        end = len(view)
+        at = 0
+        while at < end:
+            kind = self._kind
+            if kind is None:
+                if end - at < HEADER.size:
+                    self._header = bytes(view[at:])
+                    break
+                kind, self._length = self._start(view, at)
+                at += HEADER.size
+            take = min(end - at, self._length - len(self._payload))
+            if not self._payload and take == self._length:
+                payload: bytes | bytearray = (
+                    bytearray(view[at : at + take])
+                    if kind is Kind.BUFFER
+                    else bytes(view[at : at + take])
+                )
+                frames.append(Frame(kind, payload))
+                self._kind = None
+            else:
+                self._payload += view[at : at + take]
+                if len(self._payload) == self._length:
+                    frames.append(Frame(kind, self._payload))
+                    self._kind = None
+                    self._payload = bytearray()
+                else:
+                    self._kind = kind
+            at += take
         return frames
 
-    def _start_payload(self) -> None:
-        magic, kind, length = HEADER.unpack(self._header)
+    def _start(self, view: memoryview, at: int) -> tuple[Kind, int]:
+        magic, kind_byte, length = HEADER.unpack_from(view, at)
         if magic != MAGIC:
             msg = f"bad frame magic {bytes(magic)!r}"
             raise FrameError(msg)
-        try:
-            self._kind = Kind(kind)
-        except ValueError:
-            msg = f"unknown frame kind {kind}"
-            raise FrameError(msg) from None
-        self._header.clear()
-        self._length = length
-        self._filled = 0
-        self._payload = bytearray(min(length, _PREALLOCATE_LIMIT))
-
-    def _reserve(self, needed: int) -> None:
-        if needed <= len(self._payload):
-            return
-        capacity = min(self._length, max(needed, 2 * len(self._payload)))
-        grown = bytearray(capacity)
-        grown[: self._filled] = memoryview(self._payload)[: self._filled]
-        self._payload = grown
-
-    def _read_into_payload(self, fd: int) -> int:
-        self._reserve(min(self._length, self._filled + _READ_CHUNK))
-        with memoryview(self._payload) as view:
-            got = os.readv(fd, [view[self._filled :]])
-        if got == 0:
-            self.eof = True
-        self._filled += got
-        return got
-
-    def _finish_payload_if_full(self, frames: list[Frame]) -> None:
-        if self._kind is None or self._filled < self._length:
-            return
-        payload = self._payload
-        if len(payload) != self._length:
-            del payload[self._length :]
-        frames.append(Frame(self._kind, payload))
-        self._kind = None
-        self._payload = bytearray()
-        self._filled = self._length = 0
+        kind = _KINDS.get(kind_byte)
+        if kind is None:
+            msg = f"unknown frame kind {kind_byte}"
+            raise FrameError(msg)
+        return kind, length
 
 
 # --- what the frames carry -------------------------------------------------------
 
 
-def dumps(obj: object) -> bytes:
+def dumps(obj: object, buffers: list[memoryview] | None = None) -> bytes:
     """Pickle with plain pickle, falling back to cloudpickle.
 
     Plain pickle first: it sends classes by reference, so an instance of a class
     defined in ``__main__`` comes back as that same class (``except MyError`` works).
     cloudpickle catches what pickle cannot (lambdas, local classes).
+
+    With ``buffers``, large contiguous buffers are left out of the pickle and
+    appended to it instead (see the module docstring).
     """
+    if buffers is None:
+        return _dumps(obj, None, [])
+    # Every PickleBuffer out of band through a C callback (no Python call per
+    # buffer, nothing at all for the many results without one); then, in the rare
+    # case that this caught a small or non-contiguous buffer, pickle again sorting
+    # them one by one.
+    found: list[pickle.PickleBuffer] = []
+    data = _dumps(obj, found.append, found)
+    if not found:
+        return data
+    keep = _OutOfBand(buffers)
+    if all(keep.takes(buffer) for buffer in found):
+        buffers.extend(buffer.raw() for buffer in found)
+        return data
+    return _dumps(obj, keep, buffers)
+
+
+def _dumps(
+    obj: object,
+    callback: Callable[[pickle.PickleBuffer], object] | None,
+    collected: list[Any],
+) -> bytes:
     try:
-        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(obj, protocol=5, buffer_callback=callback)
     except Exception:  # noqa: BLE001 - any failure means "try the stronger pickler"
-        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
+        collected.clear()  # what the failed attempt set aside
+        return cloudpickle.dumps(obj, protocol=5, buffer_callback=callback)  # type: ignore[no-any-return]
 
 
-def encode_result(value: object) -> tuple[Kind, bytes]:
-    """Return the frame that sends ``value`` back, or the error saying it could not."""
+@attrs.define
+class _OutOfBand:
+    """A pickle buffer_callback: keep large contiguous buffers out of the pickle."""
+
+    buffers: list[memoryview]
+
+    @staticmethod
+    def takes(buffer: pickle.PickleBuffer) -> bool:
+        """The buffer is contiguous and large enough to travel out of band."""
+        try:
+            raw = buffer.raw()
+        except BufferError:
+            return False
+        return raw.nbytes >= OUT_OF_BAND_MIN
+
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool:
+        if not self.takes(buffer):
+            return True  # in the pickle
+        self.buffers.append(buffer.raw())
+        return False
+
+
+class _BytesOutOfBand:
+    """Pickles a ``bytes`` object as an out-of-band buffer rebuilt with ``bytes()``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+
+    def __reduce_ex__(self, protocol: object) -> tuple[type[bytes], tuple[pickle.PickleBuffer]]:
+        return bytes, (pickle.PickleBuffer(self.value),)
+
+
+@attrs.define
+class Outcome:
+    """What a child sends last: out-of-band buffers, then one frame."""
+
+    kind: Kind
+    payload: bytes
+    buffers: list[memoryview] = attrs.Factory(list)
+
+
+def encode_result(value: object) -> Outcome:
+    """Return what sends ``value`` back, or the error saying it could not."""
+    # pickle writes a bytes or bytearray in band, whatever its size. At the top
+    # level (the common "return a big blob" case) we wrap it to travel out of band.
+    top: object = value
+    if type(value) is bytearray and len(value) >= OUT_OF_BAND_MIN:
+        top = pickle.PickleBuffer(value)  # unpickles as the very buffer we read into
+    elif type(value) is bytes and len(value) >= OUT_OF_BAND_MIN:
+        top = _BytesOutOfBand(value)
+    buffers: list[memoryview] = []
     try:
-        return Kind.RESULT, dumps(value)
+        return Outcome(Kind.RESULT, dumps(top, buffers), buffers)
     except Exception as exc:  # noqa: BLE001 - report every pickling failure the same way
         error = ResultNotPicklableError(
             f"the task's result of type {_qualname(type(value))} could not be pickled: "
             f"{type(exc).__name__}: {exc}"
         )
         error.__cause__ = exc
-        return Kind.RAISED, encode_exception(error)
+        return Outcome(Kind.RAISED, encode_exception(error))
+
+
+def send_outcome(fd: int, outcome: Outcome) -> None:
+    """Write an outcome: each out-of-band buffer straight from its memory, then the frame."""
+    for buffer in outcome.buffers:
+        write_frame(fd, Kind.BUFFER, buffer)
+    write_frame(fd, outcome.kind, outcome.payload)
 
 
 def encode_exception(exc: BaseException) -> bytes:
@@ -254,7 +353,7 @@ def encode_exception(exc: BaseException) -> bytes:
             continue
         pickled = data
         break
-    return pickle.dumps((pickled, type_name, message, traceback_text), pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((pickled, type_name, message, traceback_text), protocol=5)
 
 
 # Marks a recipe for an exception that must be rebuilt without calling __init__.
@@ -275,14 +374,14 @@ def _load_exception(data: bytes) -> BaseException:
     return exc
 
 
-def decode_result(payload: bytes | bytearray) -> object:
-    """Rebuild a task's return value.
+def decode_result(payload: bytes | bytearray, buffers: list[bytearray] | None = None) -> object:
+    """Rebuild a task's return value from its pickle and out-of-band buffers.
 
     Raises:
         ResultNotPicklableError: The value does not unpickle in the parent.
     """
     try:
-        return pickle.loads(payload)  # noqa: S301 - bytes from our own child
+        return pickle.loads(payload, buffers=buffers or ())  # noqa: S301 - bytes from our own child
     except Exception as exc:
         msg = f"the task's result could not be unpickled in the parent: {type(exc).__name__}: {exc}"
         raise ResultNotPicklableError(msg) from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import pickle
 import socket
 import threading
 import time
@@ -75,6 +76,22 @@ class TestResults:
         assert len(data) == size
         assert data[:256] == bytes(range(256))
         assert data[-256:] == bytes(range(256))
+
+    @pytest.mark.parametrize("kind", [bytes, bytearray], ids=["bytes", "bytearray"])
+    def test_large_blob_keeps_its_type(self, ex, kind):
+        """A large top-level bytes/bytearray result comes back intact and of its own type."""
+        seed = os.urandom(4096)
+        data = ex.submit(lambda: kind(seed * 4096)).result(timeout=30)
+        assert type(data) is kind
+        assert data == seed * 4096
+
+    def test_out_of_band_buffers_at_any_depth(self, ex):
+        """Several PickleBuffer-backed objects nested in a result all arrive intact."""
+        blobs = [os.urandom(n) for n in (1 << 20, 100, 3 << 20)]
+        result = ex.submit(lambda: {"blobs": [Blob(b) for b in blobs], "n": 3}).result(timeout=30)
+        assert result["n"] == 3
+        assert [bytes(blob.data) for blob in result["blobs"]] == blobs
+        assert all(type(blob.data) is bytearray for blob in result["blobs"])
 
     def test_result_of_a_local_class(self, ex):
         """Results may be instances of classes defined in a function (cloudpickle)."""
@@ -295,3 +312,15 @@ def test_public_names():
         "ChildDiedError",
         "ResultNotPicklableError",
     }
+
+
+class Blob:
+    """Pickles its data through a PickleBuffer under protocol 5, as numpy arrays do."""
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data if type(data) is bytearray else bytearray(data)
+
+    def __reduce_ex__(self, protocol: int) -> tuple[object, ...]:
+        if protocol >= 5:
+            return Blob, (pickle.PickleBuffer(self.data),)
+        return Blob, (bytes(self.data),)

@@ -32,6 +32,33 @@ def _raise_value_error() -> None:
     raise ValueError("bad value")
 
 
+def _through_reader(buffers: list[memoryview]) -> list[bytearray]:
+    """Send out-of-band buffers through a FrameReader as BUFFER frames."""
+    reader = FrameReader()
+    frames: list[Frame] = []
+    for buffer in buffers:
+        frames.extend(reader.feed(HEADER.pack(MAGIC, Kind.BUFFER, buffer.nbytes) + bytes(buffer)))
+    assert all(type(frame.payload) is bytearray for frame in frames)
+    return [frame.payload for frame in frames]  # type: ignore[misc]
+
+
+class _Blob:
+    """Pickles its data through a PickleBuffer under protocol 5, as numpy arrays do."""
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data if type(data) is bytearray else bytearray(data)
+
+    def __reduce_ex__(self, protocol: int) -> tuple[object, ...]:
+        if protocol >= 5:
+            return type(self), (pickle.PickleBuffer(self.data),)
+        return type(self), (bytes(self.data),)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Blob) and other.data == self.data
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class TestFrameReader:
     @given(frames=frames_strategy, cuts=st.lists(st.integers(min_value=0), max_size=20))
     def test_frames_survive_any_split(self, frames, cuts):
@@ -103,9 +130,36 @@ class TestPayloads:
     @given(value=st.recursive(st.none() | st.integers() | st.text(), st.lists))
     def test_results_round_trip(self, value):
         """Plain values survive encode_result/decode_result."""
-        kind, payload = _wire.encode_result(value)
-        assert kind is Kind.RESULT
-        assert _wire.decode_result(payload) == value
+        outcome = _wire.encode_result(value)
+        assert outcome.kind is Kind.RESULT
+        assert _wire.decode_result(outcome.payload, _through_reader(outcome.buffers)) == value
+
+    @pytest.mark.parametrize("make", [bytes, bytearray], ids=["bytes", "bytearray"])
+    def test_top_level_blobs_travel_out_of_band(self, make):
+        """A large top-level bytes/bytearray leaves the pickle and comes back as its own type."""
+        value = make(os.urandom(_wire.OUT_OF_BAND_MIN + 1))
+        outcome = _wire.encode_result(value)
+        assert len(outcome.buffers) == 1
+        assert len(outcome.payload) < 100
+        decoded = _wire.decode_result(outcome.payload, _through_reader(outcome.buffers))
+        assert type(decoded) is make
+        assert decoded == value
+
+    def test_small_blobs_stay_in_the_pickle(self):
+        """Buffers under the threshold are pickled in band (a frame each would cost more)."""
+        outcome = _wire.encode_result(bytearray(100))
+        assert outcome.buffers == []
+        assert _wire.decode_result(outcome.payload) == bytearray(100)
+
+    def test_pickle_buffers_at_any_depth_travel_out_of_band(self):
+        """Objects pickled through PickleBuffer (as numpy arrays are) come back on our buffers."""
+        value = {"a": [_Blob(b"x" * (1 << 17)), _Blob(b"y" * 10)], "b": _Blob(b"z" * (1 << 18))}
+        outcome = _wire.encode_result(value)
+        assert len(outcome.buffers) == 2
+        buffers = _through_reader(outcome.buffers)
+        decoded = _wire.decode_result(outcome.payload, buffers)
+        assert decoded == value
+        assert decoded["b"].data is buffers[1]  # rebuilt on the received memory, no copy
 
     def test_corrupt_result_payload(self):
         """A result payload that does not unpickle is a ResultNotPicklableError."""

@@ -67,7 +67,10 @@ class Bookkeeper:
         )
         self._context = context
         self._linger = min(_LINGER, reap_interval / 4)
-        self._cond = threading.Condition()
+        # register() and remove() run on the supervisor's per-task path: they take
+        # the lock itself (C) rather than the Condition (a Python-level wrapper).
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._running: dict[str, Forked] = {}
         self._entries: dict[str, TaskEntry] = {}
         self._pending_since: float | None = None
@@ -86,7 +89,7 @@ class Bookkeeper:
 
     def register(self, forked: Forked) -> None:
         """A child was forked: record it (written soon, in a batch)."""
-        with self._cond:
+        with self._lock:
             self._running[forked.task_id] = forked
             self._unwritten.add(forked.task_id)
             self._note_pending()
@@ -96,7 +99,7 @@ class Bookkeeper:
 
         Its entry is deleted soon, if it was ever written.
         """
-        with self._cond:
+        with self._lock:
             self._running.pop(task_id, None)
             self._entries.pop(task_id, None)
             if task_id in self._unwritten:

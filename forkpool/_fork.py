@@ -64,7 +64,6 @@ from forkpool._progress import Channel, install_channel, make_channel
 from forkpool._wire import Kind, Outcome, encode_exception, encode_result
 
 if TYPE_CHECKING:
-    import ctypes
     from collections.abc import Callable, Iterable
 
 _FORK_WARNING_FILTER: Final = (
@@ -154,7 +153,7 @@ class Forker:
         channel = make_channel(write_fd, self._parent_pid, read_fd)
         name = None
         if task.task_id is not None:
-            name = _linux.name_buffer(_procfs.comm_marker(task.task_id))
+            name = _linux.comm_name(_procfs.comm_marker(task.task_id))
         locks = _LoggingLocks.acquire()
         try:
             setup = _ChildSetup(
@@ -296,7 +295,7 @@ class _ChildSetup:
     busy_handlers: list[logging.Handler]
     channel: Channel
     close_fds: tuple[int, ...]
-    name: ctypes.Array[ctypes.c_char] | None
+    name: bytes | None
 
 
 def _run_child(task: ChildTask, setup: _ChildSetup) -> NoReturn:
@@ -363,7 +362,7 @@ def _cap_memory(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
 
 
-def _mark(task_id: str, name: ctypes.Array[ctypes.c_char]) -> None:
+def _mark(task_id: str, name: bytes) -> None:
     """Mark this process as the task's, where a reaper can check it on the kernel.
 
     The name (``/proc/self/comm``) is inherited by processes the task forks; the

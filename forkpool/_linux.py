@@ -1,4 +1,4 @@
-"""Thin access to Linux facilities: prctl and /proc.
+"""Thin access to Linux facilities: prctl, vmsplice and /proc.
 
 Everything that needs ctypes is resolved here, at import, in the parent: looking up
 a C symbol takes locks inside the dynamic loader, which must not happen for the
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import signal
 import sys
@@ -49,14 +50,96 @@ def set_parent_death_signal(signum: int = signal.SIGKILL) -> bool:
     return bool(_prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0)
 
 
-def name_buffer(name: str) -> ctypes.Array[ctypes.c_char]:
-    """Prepare a kernel-visible name for :func:`set_name` (built before forking)."""
-    return ctypes.create_string_buffer(name.encode("ascii", "replace")[:COMM_MAX])
+def comm_name(name: str) -> bytes:
+    """Encode a kernel-visible name for :func:`set_name` (done before forking)."""
+    return name.encode("ascii", "replace")[:COMM_MAX]
 
 
-def set_name(name: ctypes.Array[ctypes.c_char]) -> None:
-    """Set this thread's kernel-visible name (``/proc/self/comm``), as prctl does."""
+def set_name(name: bytes) -> None:
+    """Set this thread's kernel-visible name (``/proc/self/comm``), as prctl does.
+
+    ctypes passes a ``bytes`` as a pointer to its own NUL-terminated storage.
+    """
     if _prctl is not None and _prctl(PR_SET_NAME, name, 0, 0, 0) == 0:
         return
     with contextlib.suppress(OSError):
-        Path("/proc/self/comm").write_bytes(name.value)
+        Path("/proc/self/comm").write_bytes(name)
+
+
+# --- vmsplice: hand a buffer's pages to a pipe instead of copying them in ----------
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
+
+
+class _PyBuffer(ctypes.Structure):
+    """CPython's Py_buffer (stable since 3.3); only ``buf`` and ``len`` are read."""
+
+    _fields_ = (
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    )
+
+
+def _load_vmsplice() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    if sys.platform != "linux":
+        return None
+    try:
+        vmsplice = ctypes.CDLL(None, use_errno=True)["vmsplice"]
+    except (OSError, AttributeError):
+        return None
+    vmsplice.argtypes = (ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.c_uint)
+    vmsplice.restype = ctypes.c_ssize_t
+    return vmsplice
+
+
+_vmsplice = _load_vmsplice()
+# Resolved now, in the parent (see the module docstring).
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
+_get_buffer.restype = ctypes.c_int
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
+_release_buffer.restype = None
+
+
+def splice_to_pipe(fd: int, data: memoryview) -> int:
+    """Move ``data`` into the pipe ``fd`` by reference; return how many bytes went.
+
+    vmsplice(2) puts the buffer's pages themselves into the pipe: the reader's copy
+    is the only one. The caller must leave the buffer unchanged afterwards (a child
+    that is about to exit does). Stops early, returning the count so far, if the
+    kernel refuses; the caller writes the rest.
+    """
+    if _vmsplice is None or not data.contiguous:
+        return 0
+    view = _PyBuffer()
+    try:
+        _get_buffer(data, ctypes.byref(view), 0)  # PyBUF_SIMPLE: contiguous bytes
+    except BufferError:
+        return 0
+    try:
+        iov = _IoVec()
+        total, sent = view.len, 0
+        while sent < total:
+            iov.iov_base = view.buf + sent
+            iov.iov_len = total - sent
+            count = _vmsplice(fd, ctypes.byref(iov), 1, 0)
+            if count <= 0:
+                if count < 0 and ctypes.get_errno() == errno.EINTR:
+                    continue
+                break
+            sent += count
+        return sent
+    finally:
+        _release_buffer(ctypes.byref(view))

@@ -44,6 +44,7 @@ from forkpool._errors import ChildDiedError, ForkPoolError, TaskTimeoutError
 from forkpool._options import qualified_name
 
 if TYPE_CHECKING:
+    import mmap
     from collections.abc import Callable
 
     from forkpool._bookkeeping import Bookkeeper
@@ -115,7 +116,7 @@ class Child:
     started: float
     deadline: float | None
     reader: _wire.FrameReader = attrs.field(factory=_wire.FrameReader)
-    buffers: list[bytearray] = attrs.field(factory=list)
+    buffers: list[bytearray | mmap.mmap] = attrs.field(factory=list)
     outcome: _wire.Frame | None = None
     exited: bool = False
     stop_reason: StopReason | None = None
@@ -437,12 +438,12 @@ class Supervisor:
     def _take(self, child: Child, frame: _wire.Frame) -> bool:
         kind = frame.kind
         if kind is _wire.Kind.PROGRESS:
-            self._deliver_progress(child, frame.payload)
+            self._deliver_progress(child, frame.payload)  # type: ignore[arg-type]  # never mapped
         elif child.outcome is not None:
             self._corrupt(child, _wire.FrameError("a frame after the outcome"))
             return False
-        elif kind is _wire.Kind.BUFFER:
-            child.buffers.append(frame.payload)  # type: ignore[arg-type]  # always a bytearray
+        elif kind is _wire.Kind.BUFFER or kind is _wire.Kind.BYTEARRAY:
+            child.buffers.append(frame.payload)  # type: ignore[arg-type]  # never bytes
         else:
             child.outcome = frame
         return True
@@ -548,7 +549,7 @@ class Supervisor:
         future._resolve(exception=error)  # noqa: SLF001
 
     def _resolve_outcome(
-        self, future: ForkFuture[Any], outcome: _wire.Frame, buffers: list[bytearray]
+        self, future: ForkFuture[Any], outcome: _wire.Frame, buffers: list[bytearray | mmap.mmap]
     ) -> None:
         try:
             if outcome.kind is _wire.Kind.RESULT:
@@ -556,7 +557,8 @@ class Supervisor:
                 buffers.clear()
                 future._resolve(result=result)  # noqa: SLF001
             else:
-                future._resolve(exception=_wire.decode_exception(outcome.payload))  # noqa: SLF001
+                error = _wire.decode_exception(outcome.payload)  # type: ignore[arg-type]
+                future._resolve(exception=error)  # noqa: SLF001
         except Exception as exc:  # noqa: BLE001 - a bad payload fails only its own task
             future._resolve(exception=exc)  # noqa: SLF001
 

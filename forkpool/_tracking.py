@@ -61,7 +61,7 @@ class TrackingContext:
         )
 
 
-@attrs.frozen
+@attrs.define
 class Forked:
     """What the supervisor knows of a child the moment it forks it (cheap to make)."""
 

@@ -2,15 +2,20 @@
 
 A frame is ``b"fp"``, one kind byte, the payload length as an unsigned 64-bit
 little-endian integer, then the payload. A child sends any number of ``PROGRESS``
-frames, then its outcome: zero or more ``BUFFER`` frames and one ``RESULT`` frame,
-or one ``RAISED`` frame. The outcome is always last.
+frames, then its outcome: zero or more ``BUFFER`` (or one ``BYTEARRAY``) frames and
+one ``RESULT`` frame, or one ``RAISED`` frame. The outcome is always last.
 
 A result is a protocol-5 pickle. Large contiguous buffers in it (a top-level
-``bytes`` or ``bytearray``, a numpy array at any depth) travel out of band: the
-child writes each one straight from the object's memory as a ``BUFFER`` frame, the
-parent reads it into a ``bytearray`` that becomes the object's memory again, and
-the pickle itself stays small. A big ``bytearray`` or array therefore costs one
-pass through the pipe and no pickling copy on either side.
+``bytes`` or ``bytearray``, a numpy array at any depth) travel out of band, so that
+moving one costs a single copy, the reader's:
+
+* the child hands the buffer's pages to the pipe with vmsplice(2) instead of
+  copying them in (plain writes if the kernel refuses);
+* the parent reads a ``BUFFER`` into private anonymous memory of the exact size,
+  advised to use transparent huge pages, which the unpickled object (a numpy
+  array, say) keeps as its own; a ``BYTEARRAY`` (the result itself is one) grows
+  a ``bytearray`` in place;
+* the pickle itself stays small.
 
 The parent parses incrementally (:class:`FrameReader`) as bytes arrive, so a child
 blocked on a full pipe is always drained. Any byte sequence in gives frames or a
@@ -22,16 +27,18 @@ from __future__ import annotations
 
 import enum
 import fcntl
+import mmap
 import os
 import pickle
 import struct
 import traceback
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import attrs
 import cloudpickle
 
 from forkpool._errors import RemoteTaskError, RemoteTraceback, ResultNotPicklableError
+from forkpool._linux import splice_to_pipe
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,6 +56,12 @@ _READ_CHUNK: Final = 1 << 20
 _BIG_PIPE: Final = 1 << 20
 # Buffers at least this large travel out of band; smaller ones stay in the pickle.
 OUT_OF_BAND_MIN: Final = 1 << 16
+# Payloads at least this large are spliced rather than written.
+_SPLICE_MIN: Final = 1 << 20
+# BUFFER payloads at least this large are read into their own mapping (huge pages
+# need 2 MiB); smaller ones into a bytearray.
+_MAPPED_MIN: Final = 2 << 20
+_MADV_HUGEPAGE: Final = getattr(mmap, "MADV_HUGEPAGE", None)
 
 
 class Kind(enum.IntEnum):
@@ -58,10 +71,13 @@ class Kind(enum.IntEnum):
     RAISED = 2
     PROGRESS = 3
     BUFFER = 4
+    BYTEARRAY = 5
 
 
 # Kind(byte) goes through EnumMeta.__call__; a dict lookup is what the hot path needs.
 _KINDS: Final = {int(kind): kind for kind in Kind}
+# Frames whose payload must arrive writable (it becomes an object's memory).
+_BUFFER_KINDS: Final = frozenset({Kind.BUFFER, Kind.BYTEARRAY})
 
 
 class FrameError(Exception):
@@ -73,13 +89,18 @@ class Frame:
     """One complete message from a child."""
 
     kind: Kind
-    payload: bytes | bytearray
+    payload: bytes | bytearray | mmap.mmap
 
 
 def write_frame(fd: int, kind: Kind, payload: bytes | memoryview) -> None:
-    """Write one frame to a blocking pipe, completing partial writes."""
-    header = HEADER.pack(MAGIC, kind, len(payload))
-    if len(payload) <= _FIRST_READ:
+    """Write one frame to a blocking pipe, completing partial writes.
+
+    A large payload is spliced: it must not change until the reader has it, which
+    holds for a child's outcome (the child exits next).
+    """
+    size = len(payload) if type(payload) is bytes else memoryview(payload).nbytes
+    header = HEADER.pack(MAGIC, kind, size)
+    if size <= _FIRST_READ:
         _write_all(fd, header + payload)
         return
     try:
@@ -87,7 +108,10 @@ def write_frame(fd: int, kind: Kind, payload: bytes | memoryview) -> None:
     except OSError:
         pass  # a smaller pipe only means more writes
     _write_all(fd, header)
-    _write_all(fd, payload)
+    view = memoryview(payload).cast("B")
+    if size >= _SPLICE_MIN:
+        view = view[splice_to_pipe(fd, view) :]
+    _write_all(fd, view)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -103,14 +127,15 @@ class FrameReader:
         eof: The writer closed its end.
     """
 
-    __slots__ = ("_header", "_kind", "_length", "_payload", "eof")
+    __slots__ = ("_filled", "_header", "_kind", "_length", "_payload", "eof")
 
     def __init__(self) -> None:
         self.eof = False
         self._header = b""
         self._kind: Kind | None = None
         self._length = 0
-        self._payload = bytearray()
+        self._payload: bytearray | mmap.mmap = bytearray()
+        self._filled = 0
 
     @property
     def mid_frame(self) -> bool:
@@ -128,24 +153,8 @@ class FrameReader:
             BlockingIOError: Nothing was available.
             FrameError: The stream is corrupt.
         """
-        kind = self._kind
-        if kind is not None:
-            missing = self._length - len(self._payload)
-            if missing > _FIRST_READ:
-                # A large payload: append each read to it. The bytearray grows in
-                # place (realloc moves pages, not bytes), so the payload is never
-                # copied again and is only ever as large as what has arrived.
-                chunk = os.read(fd, min(missing, _READ_CHUNK))
-                if not chunk:
-                    self.eof = True
-                    return []
-                self._payload += chunk
-                if len(chunk) < missing:
-                    return []
-                frames: list[Frame] = [Frame(kind, self._payload)]
-                self._kind = None
-                self._payload = bytearray()
-                return frames
+        if self._kind is not None and self._length - self._filled > _FIRST_READ:
+            return self._read_large(fd)
         data: bytes | memoryview
         if scratch is None:
             data = os.read(fd, _FIRST_READ)
@@ -155,6 +164,24 @@ class FrameReader:
             self.eof = True
             return []
         return self.feed(data)
+
+    def _read_large(self, fd: int) -> list[Frame]:
+        payload = self._payload
+        if type(payload) is mmap.mmap:
+            # Straight into the payload's own memory: the only copy of it.
+            with memoryview(payload) as view:
+                got = os.readv(fd, (view[self._filled :],))
+        else:
+            # A bytearray grows in place (realloc moves pages, not bytes) and is
+            # only ever as large as what has arrived.
+            chunk = os.read(fd, min(self._length - self._filled, _READ_CHUNK))
+            payload += chunk  # type: ignore[operator]  # a bytearray here
+            got = len(chunk)
+        if not got:
+            self.eof = True
+            return []
+        self._filled += got
+        return self._finish() if self._filled == self._length else []
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Parse bytes already read; return the frames they completed.
@@ -175,30 +202,28 @@ class FrameReader:
                 if end - at < HEADER.size:
                     self._header = bytes(view[at:])
                     break
-                kind, self._length = self._start(view, at)
+                kind = self._start(view, at)
                 at += HEADER.size
-            take = min(end - at, self._length - len(self._payload))
-            if not self._payload and take == self._length:
-                payload: bytes | bytearray = (
-                    bytearray(view[at : at + take])
-                    if kind is Kind.BUFFER
-                    else bytes(view[at : at + take])
-                )
-                frames.append(Frame(kind, payload))
-                self._kind = None
+                if end - at >= self._length and kind not in _BUFFER_KINDS:
+                    # The common case: a whole small frame in this read.
+                    frames.append(Frame(kind, bytes(view[at : at + self._length])))
+                    at += self._length
+                    continue
+                self._begin_payload(kind)
+            take = min(end - at, self._length - self._filled)
+            payload = self._payload
+            if type(payload) is bytearray:
+                payload += view[at : at + take]
             else:
-                self._payload += view[at : at + take]
-                if len(self._payload) == self._length:
-                    frames.append(Frame(kind, self._payload))
-                    self._kind = None
-                    self._payload = bytearray()
-                else:
-                    self._kind = kind
+                payload[self._filled : self._filled + take] = view[at : at + take]
+            self._filled += take
             at += take
+            if self._filled == self._length:
+                frames.extend(self._finish())
         return frames
 
-    def _start(self, view: memoryview, at: int) -> tuple[Kind, int]:
-        magic, kind_byte, length = HEADER.unpack_from(view, at)
+    def _start(self, view: memoryview, at: int) -> Kind:
+        magic, kind_byte, self._length = HEADER.unpack_from(view, at)
         if magic != MAGIC:
             msg = f"bad frame magic {bytes(magic)!r}"
             raise FrameError(msg)
@@ -206,7 +231,33 @@ class FrameReader:
         if kind is None:
             msg = f"unknown frame kind {kind_byte}"
             raise FrameError(msg)
-        return kind, length
+        return kind
+
+    def _begin_payload(self, kind: Kind) -> None:
+        self._kind = kind
+        self._filled = 0
+        if kind is Kind.BUFFER and self._length >= _MAPPED_MIN:
+            # Reserved, not allocated: pages appear as bytes arrive. A length no
+            # mapping can hold fails here, as a corrupt stream.
+            try:
+                self._payload = mmap.mmap(-1, self._length, flags=mmap.MAP_PRIVATE)
+            except (OSError, OverflowError, ValueError) as exc:
+                msg = f"a buffer of {self._length} bytes cannot be received: {exc}"
+                raise FrameError(msg) from exc
+            if _MADV_HUGEPAGE is not None:
+                try:
+                    self._payload.madvise(_MADV_HUGEPAGE)
+                except OSError:
+                    pass  # small pages, then
+        else:
+            self._payload = bytearray()
+
+    def _finish(self) -> list[Frame]:
+        frame = Frame(cast("Kind", self._kind), self._payload)
+        self._kind = None
+        self._payload = bytearray()
+        self._filled = 0
+        return [frame]
 
 
 # --- what the frames carry -------------------------------------------------------
@@ -292,6 +343,7 @@ class Outcome:
     kind: Kind
     payload: bytes
     buffers: list[memoryview] = attrs.Factory(list)
+    buffer_kind: Kind = Kind.BUFFER
 
 
 def encode_result(value: object) -> Outcome:
@@ -299,13 +351,15 @@ def encode_result(value: object) -> Outcome:
     # pickle writes a bytes or bytearray in band, whatever its size. At the top
     # level (the common "return a big blob" case) we wrap it to travel out of band.
     top: object = value
+    buffer_kind = Kind.BUFFER
     if type(value) is bytearray and len(value) >= OUT_OF_BAND_MIN:
         top = pickle.PickleBuffer(value)  # unpickles as the very buffer we read into
+        buffer_kind = Kind.BYTEARRAY
     elif type(value) is bytes and len(value) >= OUT_OF_BAND_MIN:
         top = _BytesOutOfBand(value)
     buffers: list[memoryview] = []
     try:
-        return Outcome(Kind.RESULT, dumps(top, buffers), buffers)
+        return Outcome(Kind.RESULT, dumps(top, buffers), buffers, buffer_kind)
     except Exception as exc:  # noqa: BLE001 - report every pickling failure the same way
         error = ResultNotPicklableError(
             f"the task's result of type {_qualname(type(value))} could not be pickled: "
@@ -318,7 +372,7 @@ def encode_result(value: object) -> Outcome:
 def send_outcome(fd: int, outcome: Outcome) -> None:
     """Write an outcome: each out-of-band buffer straight from its memory, then the frame."""
     for buffer in outcome.buffers:
-        write_frame(fd, Kind.BUFFER, buffer)
+        write_frame(fd, outcome.buffer_kind, buffer)
     write_frame(fd, outcome.kind, outcome.payload)
 
 
@@ -374,7 +428,9 @@ def _load_exception(data: bytes) -> BaseException:
     return exc
 
 
-def decode_result(payload: bytes | bytearray, buffers: list[bytearray] | None = None) -> object:
+def decode_result(
+    payload: bytes | bytearray | mmap.mmap, buffers: list[bytearray | mmap.mmap] | None = None
+) -> object:
     """Rebuild a task's return value from its pickle and out-of-band buffers.
 
     Raises:

@@ -16,7 +16,7 @@ import pytest
 from helpers import wait_for
 
 import forkpool
-from forkpool import ForkFuture, ForkPerTaskExecutor
+from forkpool import ForkFuture, ForkPerTaskExecutor, _linux
 
 
 @pytest.fixture(name="ex")
@@ -77,9 +77,12 @@ class TestResults:
         assert data[:256] == bytes(range(256))
         assert data[-256:] == bytes(range(256))
 
+    @pytest.mark.parametrize("splice", [True, False], ids=["vmsplice", "write"])
     @pytest.mark.parametrize("kind", [bytes, bytearray], ids=["bytes", "bytearray"])
-    def test_large_blob_keeps_its_type(self, ex, kind):
+    def test_large_blob_keeps_its_type(self, ex, kind, splice, monkeypatch):
         """A large top-level bytes/bytearray result comes back intact and of its own type."""
+        if not splice:
+            monkeypatch.setattr(_linux, "_vmsplice", None)  # children inherit it
         seed = os.urandom(4096)
         data = ex.submit(lambda: kind(seed * 4096)).result(timeout=30)
         assert type(data) is kind

@@ -85,6 +85,22 @@ class TestFrameReader:
         assert reader.mid_frame
         assert len(reader._payload) <= min(claimed, 64 << 20)
 
+    @pytest.mark.parametrize("claimed", [2**63, 2**62])
+    def test_impossible_buffer_length_is_a_frame_error(self, claimed):
+        """A BUFFER header claiming more than any mapping can hold is a FrameError."""
+        with pytest.raises(FrameError, match="cannot be received"):
+            FrameReader().feed(HEADER.pack(MAGIC, Kind.BUFFER, claimed) + b"abc")
+
+    def test_large_buffer_is_read_into_its_own_mapping(self):
+        """A large BUFFER frame arrives whole, in writable memory of exactly its size."""
+        payload = os.urandom(3 << 20)
+        reader = FrameReader()
+        frames = reader.feed(HEADER.pack(MAGIC, Kind.BUFFER, len(payload)) + payload)
+        assert len(frames) == 1
+        assert len(frames[0].payload) == len(payload)
+        assert bytes(frames[0].payload) == payload
+        assert not memoryview(frames[0].payload).readonly
+
     def test_bad_magic(self):
         """A frame without the magic bytes is a FrameError."""
         with pytest.raises(FrameError, match="magic"):

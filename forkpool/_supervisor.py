@@ -160,11 +160,9 @@ class Supervisor:
         self._pending: collections.deque[WorkItem] = collections.deque()
         self._commands: collections.deque[_Cancel | _StopAll] = collections.deque()
         self._children: dict[int, Child] = {}
-        self._by_future: dict[ForkFuture[Any], Child] = {}
         self._poller = select.epoll()
-        # What each polled descriptor belongs to (the wake-up pipe is neither).
-        self._pipes: dict[int, Child] = {}
-        self._pidfds: dict[int, Child] = {}
+        # The child each polled pipe or pidfd belongs to (the wake-up pipe is not here).
+        self._watched: dict[int, Child] = {}
         self._scratch = bytearray(_wire.SCRATCH_SIZE)
         # The children with a deadline or a pending SIGKILL, and those without a
         # pidfd: the only ones the timing and polling loops need to look at.
@@ -264,15 +262,14 @@ class Supervisor:
         if self._finished():
             return False
         for fd, _ in self._poller.poll(self._next_timeout()):
-            child = self._pipes.get(fd)
-            if child is not None:
+            child = self._watched.get(fd)
+            if child is None:
+                if fd == self._wake_r:
+                    self._drain_wakeups()
+            elif fd == child.read_fd:
                 self._read(child)
-                continue
-            child = self._pidfds.get(fd)
-            if child is not None:
+            else:
                 self._reap(child)
-            elif fd == self._wake_r:
-                self._drain_wakeups()
         if self._unpolled:
             self._peek_exits_without_pidfd()
         if self._timed:
@@ -296,9 +293,12 @@ class Supervisor:
         while self._commands:
             command = self._commands.popleft()
             if isinstance(command, _Cancel):
-                cancelled = self._by_future.get(command.future)
-                if cancelled is not None:
-                    self._stop(cancelled, StopReason.CANCELLED, signal.SIGTERM)
+                # A scan, not an index: at most max_workers children, and cancelling
+                # is rare while every task would pay for the index.
+                for child in self._children.values():
+                    if child.future is command.future:
+                        self._stop(child, StopReason.CANCELLED, signal.SIGTERM)
+                        break
             else:
                 for child in list(self._children.values()):
                     self._stop(child, command.reason, command.signum)
@@ -382,11 +382,10 @@ class Supervisor:
         )
         item.future.pid = pid
         self._children[pid] = child
-        self._by_future[item.future] = child
-        self._pipes[read_fd] = child
+        self._watched[read_fd] = child
         self._poller.register(read_fd, select.EPOLLIN)
         if pidfd is not None:
-            self._pidfds[pidfd] = child
+            self._watched[pidfd] = child
             self._poller.register(pidfd, select.EPOLLIN)
         else:
             self._unpolled[pid] = child
@@ -478,7 +477,7 @@ class Supervisor:
             # Unregistered explicitly: epoll watches the open pipe, not the number,
             # and a child may still hold a copy of the read end for a moment.
             self._poller.unregister(child.read_fd)
-            del self._pipes[child.read_fd]
+            del self._watched[child.read_fd]
             os.close(child.read_fd)
             child.read_fd = None
         if child.write_fd is not None:
@@ -510,11 +509,10 @@ class Supervisor:
         future._set_usage(raw_usage, time.monotonic() - child.started)  # noqa: SLF001
         if child.pidfd is not None:
             self._poller.unregister(child.pidfd)
-            del self._pidfds[child.pidfd]
+            del self._watched[child.pidfd]
             os.close(child.pidfd)
             child.pidfd = None
         del self._children[pid]
-        del self._by_future[future]
         self._timed.pop(pid, None)
         self._unpolled.pop(pid, None)
         exitcode, signum = (None, None) if status < 0 else _fork.describe_status(status)
@@ -639,7 +637,6 @@ class Supervisor:
                 os.waitpid(child.pid, 0)
             child.future._resolve(exception=error)  # noqa: SLF001
         self._children.clear()
-        self._by_future.clear()
         self._timed.clear()
         self._unpolled.clear()
         while self._pending:

@@ -485,7 +485,7 @@ def main() -> int:
             f"Python {platform.python_version()}",
             "smoke": smoke,
             "throughput_tasks_per_s": measure_throughput(
-                tasks=6 if smoke else 300, rounds=1 if smoke else 3, workers=2, redis_url=server.url
+                tasks=6 if smoke else 300, rounds=1 if smoke else 5, workers=2, redis_url=server.url
             ),
             "memory_mib": measure_memory(megabytes=8 if smoke else 400, tasks=2 if smoke else 4),
             "large_result_mib": large_mib,

@@ -8,7 +8,7 @@ Data flow::
     future.cancel() ----> command deque ---------------+--> wake-up pipe
     shutdown() ---------> flag ------------------------+         |
                                                                   v
-                                        selector.select(timeout = nearest deadline)
+                                           epoll(timeout = nearest deadline)
                                            |            |              |
                                       wake-up pipe  result pipes     pidfds
                                            |            |              |
@@ -21,7 +21,8 @@ Data flow::
     child process (one per task, its own process group)
     ---------------------------------------------------
     fork -> reset signals, PDEATHSIG -> child_post_fork -> initializer -> fn(*args)
-         -> pickle the result or exception -> one frame on the result pipe -> os._exit
+         -> pickle the result (protocol 5) or exception -> its large buffers spliced
+            into the result pipe, then one frame -> os._exit
 
 submit() never pickles the callable or its arguments: the child inherits them. Only
 the outcome crosses the pipe. The executor keeps no per-task thread, and the

@@ -10,8 +10,8 @@ without pidfd (Linux < 5.3), where exits are peeked every 50 ms.
 Each fork write-protects every page of this process, so each page the parent
 writes before the next fork is a copy-on-write fault; with Python's reference
 counts, touching an object writes its page. The per-task path is therefore kept
-short in objects as well as in time: epoll used directly rather than through
-``selectors``, no per-task closures or context managers, one read per readiness.
+short in objects as well as in time: epoll used directly rather than through the
+selectors module, no per-task closures or context managers, one read per readiness.
 
 The supervisor keeps its own copy of each pipe's write end until the child is
 reaped. The pipe therefore never reports EOF (exits are seen through the pidfd,

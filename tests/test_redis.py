@@ -47,6 +47,14 @@ def _sleep(seconds: float) -> str:
     return "slept"
 
 
+def _sleep_until_exists(path: Path, limit: float) -> str:
+    """Run until the test creates ``path`` (at most ``limit`` seconds)."""
+    deadline = time.monotonic() + limit
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return "slept"
+
+
 def _write_pid_then_sleep(path: Path, seconds: float) -> None:
     path.write_text(str(os.getpid()))
     time.sleep(seconds)
@@ -217,15 +225,18 @@ class TestOutages:
         assert len(warnings) == 1
         assert f"127.0.0.1:{port}" in warnings[0].getMessage()
 
-    def test_killed_mid_run_then_restarted(self, own_server, caplog):
+    def test_killed_mid_run_then_restarted(self, own_server, caplog, tmp_path):
         """Redis dies mid-run: every result is right; after a restart the runner re-registers."""
         caplog.set_level(logging.WARNING, logger="forkpool")
         client = redis.Redis.from_url(own_server.url)
         prefix = "fptest-outage"
+        release = tmp_path / "release"
         with ForkPerTaskExecutor(
             3, redis=own_server.url, key_prefix=prefix, host=HOST, **FAST
         ) as ex:
-            long_one = ex.submit(_sleep, 6.0)
+            # Runs until released: the test must see it re-registered, however slow
+            # the machine is today.
+            long_one = ex.submit(_sleep_until_exists, release, 60.0)
             wait_for(lambda: _entries(client, prefix), 5, "the long task's entry")
             own_server.kill()
             futures = [ex.submit(pow, n, 2) for n in range(40)]
@@ -249,6 +260,7 @@ class TestOutages:
                 10,
                 "the running task alone re-registered",
             )
+            release.touch()
             assert long_one.result(timeout=10) == "slept"
         assert _entries(client, prefix) == {}
         messages = [r.getMessage() for r in caplog.records]

@@ -121,11 +121,11 @@ def splice_to_pipe(fd: int, data: memoryview) -> int:
     that is about to exit does). Stops early, returning the count so far, if the
     kernel refuses; the caller writes the rest.
     """
-    if _vmsplice is None or not data.contiguous:
+    if _vmsplice is None:
         return 0
     view = _PyBuffer()
     try:
-        _get_buffer(data, ctypes.byref(view), 0)  # PyBUF_SIMPLE: contiguous bytes
+        _get_buffer(data, ctypes.byref(view), 0)  # PyBUF_SIMPLE: contiguous bytes only
     except BufferError:
         return 0
     try:

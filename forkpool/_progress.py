@@ -15,10 +15,6 @@ import attrs
 
 from forkpool._wire import Kind, Outcome, dumps, send_outcome, write_frame
 
-# Keeps frames from threads of a task whole. Made fresh in each child (install_channel):
-# a task that runs its own executor may be sending while it forks a grandchild.
-_SEND_LOCK = threading.Lock()
-
 
 @attrs.define
 class Channel:
@@ -34,13 +30,16 @@ class Channel:
     parent_pid: int
     parent_read_fd: int
     identity: tuple[int, int]
+    # Keeps frames from threads of the task whole. Made with the channel, in the
+    # parent, which never takes it.
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     def send(self, kind: Kind, payload: bytes) -> None:
-        with _SEND_LOCK:
+        with self.lock:
             write_frame(self._pipe(), kind, payload)
 
     def send_outcome(self, outcome: Outcome) -> None:
-        with _SEND_LOCK:
+        with self.lock:
             send_outcome(self._pipe(), outcome)
 
     def _pipe(self) -> int:
@@ -82,8 +81,6 @@ def make_channel(fd: int, parent_pid: int, parent_read_fd: int) -> Channel:
 
 def install_channel(channel: Channel) -> None:
     """In a new child: route report_progress() and the outcome through ``channel``."""
-    global _SEND_LOCK  # noqa: PLW0603 - one per process, replaced after each fork
-    _SEND_LOCK = threading.Lock()
     _ChildState.channel = channel
 
 

@@ -441,7 +441,7 @@ class Supervisor:
         elif child.outcome is not None:
             self._corrupt(child, _wire.FrameError("a frame after the outcome"))
             return False
-        elif kind is _wire.Kind.BUFFER or kind is _wire.Kind.BYTEARRAY:
+        elif kind in _wire.BUFFER_KINDS:
             child.buffers.append(frame.payload)  # type: ignore[arg-type]  # never bytes
         else:
             child.outcome = frame

@@ -76,8 +76,9 @@ class Kind(enum.IntEnum):
 
 # Kind(byte) goes through EnumMeta.__call__; a dict lookup is what the hot path needs.
 _KINDS: Final = {int(kind): kind for kind in Kind}
-# Frames whose payload must arrive writable (it becomes an object's memory).
-_BUFFER_KINDS: Final = frozenset({Kind.BUFFER, Kind.BYTEARRAY})
+# Frames carrying an out-of-band buffer; their payload arrives writable, since it
+# becomes an object's memory.
+BUFFER_KINDS: Final = frozenset({Kind.BUFFER, Kind.BYTEARRAY})
 
 
 class FrameError(Exception):
@@ -98,17 +99,17 @@ def write_frame(fd: int, kind: Kind, payload: bytes | memoryview) -> None:
     A large payload is spliced: it must not change until the reader has it, which
     holds for a child's outcome (the child exits next).
     """
-    size = len(payload) if type(payload) is bytes else memoryview(payload).nbytes
+    view = memoryview(payload).cast("B")
+    size = view.nbytes
     header = HEADER.pack(MAGIC, kind, size)
     if size <= _FIRST_READ:
-        _write_all(fd, header + payload)
+        _write_all(fd, header + view)
         return
     try:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _BIG_PIPE)
     except OSError:
         pass  # a smaller pipe only means more writes
     _write_all(fd, header)
-    view = memoryview(payload).cast("B")
     if size >= _SPLICE_MIN:
         view = view[splice_to_pipe(fd, view) :]
     _write_all(fd, view)
@@ -204,7 +205,7 @@ class FrameReader:
                     break
                 kind = self._start(view, at)
                 at += HEADER.size
-                if end - at >= self._length and kind not in _BUFFER_KINDS:
+                if end - at >= self._length and kind not in BUFFER_KINDS:
                     # The common case: a whole small frame in this read.
                     frames.append(Frame(kind, bytes(view[at : at + self._length])))
                     at += self._length

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import shutil
 import socket
 import subprocess
@@ -222,3 +223,20 @@ def read_pids(path: Path) -> dict[str, int]:
     """The pids a task of orphan_script wrote."""
     wait_for(lambda: path.exists() and path.read_text(), 10, "the task's pids")
     return json.loads(path.read_text())
+
+
+class Blob:
+    """Pickles its data through a PickleBuffer under protocol 5, as numpy arrays do."""
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data if type(data) is bytearray else bytearray(data)
+
+    def __reduce_ex__(self, protocol: int) -> tuple[object, ...]:
+        if protocol >= 5:
+            return Blob, (pickle.PickleBuffer(self.data),)
+        return Blob, (bytes(self.data),)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Blob) and other.data == self.data
+
+    __hash__ = None  # type: ignore[assignment]

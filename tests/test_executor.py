@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
-import pickle
 import socket
 import threading
 import time
@@ -13,7 +12,7 @@ import weakref
 from concurrent.futures import Executor, Future, as_completed, wait
 
 import pytest
-from helpers import wait_for
+from helpers import Blob, wait_for
 
 import forkpool
 from forkpool import ForkFuture, ForkPerTaskExecutor, _linux
@@ -315,15 +314,3 @@ def test_public_names():
         "ChildDiedError",
         "ResultNotPicklableError",
     }
-
-
-class Blob:
-    """Pickles its data through a PickleBuffer under protocol 5, as numpy arrays do."""
-
-    def __init__(self, data: bytes | bytearray) -> None:
-        self.data = data if type(data) is bytearray else bytearray(data)
-
-    def __reduce_ex__(self, protocol: int) -> tuple[object, ...]:
-        if protocol >= 5:
-            return Blob, (pickle.PickleBuffer(self.data),)
-        return Blob, (bytes(self.data),)

@@ -8,6 +8,7 @@ import os
 import pickle
 
 import pytest
+from helpers import Blob
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -40,23 +41,6 @@ def _through_reader(buffers: list[memoryview]) -> list[bytearray]:
         frames.extend(reader.feed(HEADER.pack(MAGIC, Kind.BUFFER, buffer.nbytes) + bytes(buffer)))
     assert all(type(frame.payload) is bytearray for frame in frames)
     return [frame.payload for frame in frames]  # type: ignore[misc]
-
-
-class _Blob:
-    """Pickles its data through a PickleBuffer under protocol 5, as numpy arrays do."""
-
-    def __init__(self, data: bytes | bytearray) -> None:
-        self.data = data if type(data) is bytearray else bytearray(data)
-
-    def __reduce_ex__(self, protocol: int) -> tuple[object, ...]:
-        if protocol >= 5:
-            return type(self), (pickle.PickleBuffer(self.data),)
-        return type(self), (bytes(self.data),)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Blob) and other.data == self.data
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 class TestFrameReader:
@@ -169,7 +153,7 @@ class TestPayloads:
 
     def test_pickle_buffers_at_any_depth_travel_out_of_band(self):
         """Objects pickled through PickleBuffer (as numpy arrays are) come back on our buffers."""
-        value = {"a": [_Blob(b"x" * (1 << 17)), _Blob(b"y" * 10)], "b": _Blob(b"z" * (1 << 18))}
+        value = {"a": [Blob(b"x" * (1 << 17)), Blob(b"y" * 10)], "b": Blob(b"z" * (1 << 18))}
         outcome = _wire.encode_result(value)
         assert len(outcome.buffers) == 2
         buffers = _through_reader(outcome.buffers)

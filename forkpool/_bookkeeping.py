@@ -10,9 +10,11 @@ is repopulated without anyone noticing the restart), heartbeats the host, and
 runs a reaper cycle.
 
 While Redis is unreachable the events accumulate in memory bounded by the number
-of children alive at once: registrations are kept per running child, removals
-only for entries that may exist in Redis. One warning is logged per outage, and
-the first successful write afterwards reconciles everything.
+of children alive at once: registrations are kept per running child, and no
+removal is kept at all. A failed write may or may not have landed, so instead the
+first successful write afterwards reconciles: it rewrites every running child's
+entry and deletes every other entry of this executor that Redis holds. One warning
+is logged per outage.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from typing import TYPE_CHECKING, Final
 import redis
 
 from forkpool import _procfs
+from forkpool._entry import MalformedEntryError, TaskEntry
 from forkpool._fork import block_signals_in_this_thread
 from forkpool._reaper import Reaper, Stopper
 
 if TYPE_CHECKING:
-    from forkpool._entry import TaskEntry
     from forkpool._redis import RedisSource
     from forkpool._tracking import Forked, TrackingContext
 
@@ -76,6 +78,9 @@ class Bookkeeper:
         self._pending_since: float | None = None
         self._unwritten: set[str] = set()
         self._removals: set[str] = set()
+        # A write failed: which entries of ours Redis holds is unknown until the
+        # next successful write looks.
+        self._reconcile = False
         self._closing = False
         self._outage_since: float | None = None
         self._retry_at = 0.0
@@ -204,15 +209,46 @@ class Bookkeeper:
             with self._cond:
                 # Everything running must be rewritten once Redis is back: a server
                 # that restarted empty has lost even the entries written before.
+                # Removals are dropped: the reconciliation finds what to delete.
                 self._unwritten = set(self._running)
-                if self._unwritten or self._removals:
-                    self._pending_since = time.monotonic()
+                self._removals.clear()
+                self._reconcile = True
+                self._pending_since = time.monotonic()
             self._failed(exc)
             return False
         with self._cond:
             self._removals -= removals
-        self._recovered(len(entries), len(removals))
+        reconciled = 0
+        if self._reconcile:
+            try:
+                reconciled = self._delete_stale_entries()
+            except redis.RedisError as exc:
+                self._failed(exc)
+                return False
+            self._reconcile = False
+        self._recovered(len(entries), len(removals) + reconciled)
         return True
+
+    def _delete_stale_entries(self) -> int:
+        """Delete this executor's entries of children no longer running; return how many."""
+        stale: list[str] = []
+        owner = self._context.executor_id
+        for field, raw in self._client.hgetall(self._keys.meta).items():
+            task_id = field.decode() if isinstance(field, bytes) else str(field)
+            try:
+                entry = TaskEntry.from_json(raw, task_id)
+            except MalformedEntryError:
+                continue  # the reaper removes malformed entries
+            if entry.executor_id == owner:
+                stale.append(task_id)
+        with self._cond:
+            stale = [task_id for task_id in stale if task_id not in self._running]
+        if stale:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.zrem(self._keys.active, *stale)
+            pipe.hdel(self._keys.meta, *stale)
+            pipe.execute()
+        return len(stale)
 
     def _complete(self, forked: list[Forked]) -> list[TaskEntry]:
         """The full entries of these children, reading their start times once.

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 import redis
-from helpers import is_running, orphan_script, read_pids, start_script, wait_for, wait_gone
+from helpers import (
+    OwnServer,
+    is_running,
+    orphan_script,
+    read_pids,
+    start_script,
+    wait_for,
+    wait_gone,
+)
 
 import forkpool
 from forkpool import ChildDiedError, ForkPerTaskExecutor, kill_all
@@ -237,36 +245,82 @@ class TestOutages:
             # Runs until released: the test must see it re-registered, however slow
             # the machine is today.
             long_one = ex.submit(_sleep_until_exists, release, 60.0)
-            wait_for(lambda: _entries(client, prefix), 5, "the long task's entry")
-            own_server.kill()
-            futures = [ex.submit(pow, n, 2) for n in range(40)]
-            assert [f.result(timeout=30) for f in futures] == [n * n for n in range(40)]
-            # Queued bookkeeping is bounded by the children alive at once (3 slots, plus
-            # the entry written before the outage), never by the 40 tasks that ran.
-            unwritten, removals = ex._runtime.bookkeeper.pending
-            assert unwritten <= 3
-            assert removals <= 4
-            wait_for(
-                lambda: any("unreachable" in r.getMessage() for r in caplog.records),
-                10,
-                "the outage to be noticed",
-            )
-            own_server.start()
-            client = redis.Redis.from_url(own_server.url)
-            # Entries of tasks that ended around the restart may show up for an
-            # instant; their removals follow in the next batch.
-            wait_for(
-                lambda: [e["pid"] for e in _entries(client, prefix).values()] == [long_one.pid],
-                10,
-                "the running task alone re-registered",
-            )
-            release.touch()
+            try:
+                wait_for(lambda: _entries(client, prefix), 5, "the long task's entry")
+                own_server.kill()
+                futures = [ex.submit(pow, n, 2) for n in range(40)]
+                assert [f.result(timeout=30) for f in futures] == [n * n for n in range(40)]
+                # Queued bookkeeping is bounded by the children alive at once (3 slots, plus
+                # the entry written before the outage), never by the 40 tasks that ran.
+                unwritten, removals = ex._runtime.bookkeeper.pending
+                assert unwritten <= 3
+                assert removals <= 4
+                wait_for(
+                    lambda: any("unreachable" in r.getMessage() for r in caplog.records),
+                    10,
+                    "the outage to be noticed",
+                )
+                own_server.start()
+                client = redis.Redis.from_url(own_server.url)
+                # Entries of tasks that ended around the restart may show up for an
+                # instant; their removals follow in the next batch.
+                wait_for(
+                    lambda: [e["pid"] for e in _entries(client, prefix).values()] == [long_one.pid],
+                    10,
+                    "the running task alone re-registered",
+                )
+            finally:
+                release.touch()  # a failure above must not wait out the task
             assert long_one.result(timeout=10) == "slept"
         assert _entries(client, prefix) == {}
         messages = [r.getMessage() for r in caplog.records]
         assert sum("unreachable" in m for m in messages) == 1
         assert sum("works again" in m for m in messages) == 1
         client.close()
+
+    def test_entries_that_outlived_an_outage_are_deleted_on_recovery(self, tmp_path, caplog):
+        """A task written before an outage and finished during it loses its entry on recovery."""
+        caplog.set_level(logging.WARNING, logger="forkpool")
+        server = OwnServer(persistent=True)  # its entries come back after the restart
+        server.start()
+        stay, leave = tmp_path / "stay", tmp_path / "leave"
+        prefix = "fptest-reconcile"
+        try:
+            client = redis.Redis.from_url(server.url)
+            with ForkPerTaskExecutor(
+                2, redis=server.url, key_prefix=prefix, host=HOST, **FAST
+            ) as ex:
+                staying = ex.submit(_sleep_until_exists, stay, 60.0)
+                leaving = ex.submit(_sleep_until_exists, leave, 60.0)
+                try:
+                    wait_for(lambda: len(_entries(client, prefix)) == 2, 5, "both entries")
+                    server.kill()
+                    leave.touch()
+                    assert leaving.result(timeout=10) == "slept"
+                    wait_for(
+                        lambda: any("unreachable" in r.getMessage() for r in caplog.records),
+                        10,
+                        "the outage to be noticed",
+                    )
+                    # No removal is kept for the finished task: recovery will look.
+                    wait_for(lambda: ex._runtime.bookkeeper.pending[1] == 0, 5, "no removal kept")
+                    server.start()
+                    client = redis.Redis.from_url(server.url)
+                    wait_for(
+                        lambda: (
+                            [e["pid"] for e in _entries(client, prefix).values()] == [staying.pid]
+                        ),
+                        10,
+                        "the finished task's entry deleted, the running one kept",
+                    )
+                finally:
+                    stay.touch()
+                    leave.touch()
+                assert staying.result(timeout=10) == "slept"
+            assert _entries(client, prefix) == {}
+            client.close()
+        finally:
+            server.stop()
 
     def test_stalled_redis_delays_no_task(self, own_server):
         """While Redis stalls every write (CLIENT PAUSE), tasks still run and finish."""

@@ -191,7 +191,7 @@ class Bookkeeper:
             removals = set(self._removals)
             self._unwritten.clear()
         entries = self._complete(forked)
-        if not entries and not removals and not renew:
+        if not entries and not removals and not renew and not self._reconcile:
             return True
         now = time.time()
         pipe = self._client.pipeline(transaction=True)

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 from forkpool._bookkeeping import Bookkeeper
+from forkpool._child import StopReason
 from forkpool._entry import Keys
 from forkpool._errors import ForkPoolError, platform_error
 from forkpool._future import ForkFuture
@@ -64,7 +65,7 @@ from forkpool._options import (
     resolve,
 )
 from forkpool._redis import resolve_redis
-from forkpool._supervisor import Hooks, StopReason, Supervisor, SupervisorConfig, WorkItem
+from forkpool._supervisor import Hooks, Supervisor, SupervisorConfig, WorkItem
 from forkpool._tracking import TrackingContext, default_host
 
 if TYPE_CHECKING:

@@ -1,0 +1,127 @@
+"""One forked child as the supervisor sees it, and what its end means for its future.
+
+The supervisor keeps a :class:`Child` from fork until reap. Once reaped, :func:`settle`
+turns what the child left behind (an outcome frame, a stop the supervisor made, an
+exit status) into its future's result or exception.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from forkpool import _wire
+from forkpool._errors import ChildDiedError, TaskTimeoutError
+
+if TYPE_CHECKING:
+    import mmap
+
+    from forkpool._future import ForkFuture
+    from forkpool._options import ResolvedOptions
+
+
+class StopReason(enum.Enum):
+    """Why the supervisor stopped a child before it finished by itself."""
+
+    TIMEOUT = "its timeout expired"
+    CANCELLED = "its future was cancelled"
+    TERMINATED = "stopped by terminate_workers() or kill_workers()"
+    INTERRUPTED = "stopped after a KeyboardInterrupt in the parent"
+    ABANDONED = "its executor was garbage-collected without shutdown()"
+    HOOK_FAILED = "parent_post_fork raised"
+    CORRUPT = "it sent a corrupt result stream"
+
+
+@attrs.define(eq=False)
+class Child:
+    """A forked child, from fork until it is reaped."""
+
+    pid: int
+    future: ForkFuture[Any]
+    options: ResolvedOptions
+    task_id: str | None
+    read_fd: int | None
+    write_fd: int | None
+    pidfd: int | None
+    started: float
+    deadline: float | None
+    reader: _wire.FrameReader = attrs.field(factory=_wire.FrameReader)
+    buffers: list[bytearray | mmap.mmap] = attrs.field(factory=list)
+    outcome: _wire.Frame | None = None
+    exited: bool = False
+    stop_reason: StopReason | None = None
+    stop_error: BaseException | None = None
+    outcome_before_stop: bool = False
+    kill_at: float | None = None
+
+    def __repr__(self) -> str:
+        state = "exited" if self.exited else "running"
+        if self.stop_reason is not None:
+            state += f", stopping because {self.stop_reason.value}"
+        return f"<forkpool child pid={self.pid} {state}>"
+
+
+def settle(child: Child, exitcode: int | None, signum: int | None) -> None:
+    """Resolve the future of a reaped child: its outcome, or why it has none."""
+    future, reason, outcome = child.future, child.stop_reason, child.outcome
+    if reason is StopReason.CANCELLED:
+        return
+    if reason is StopReason.HOOK_FAILED and child.stop_error is not None:
+        future._resolve(exception=child.stop_error)  # noqa: SLF001
+        return
+    if outcome is not None and (reason is None or child.outcome_before_stop):
+        _resolve_outcome(future, outcome, child.buffers)
+        return
+    if reason is StopReason.TIMEOUT:
+        timeout = child.options.timeout or 0.0
+        future._resolve(exception=TaskTimeoutError(child.pid, timeout))  # noqa: SLF001
+        return
+    detail = "" if reason is None else reason.value
+    if reason is StopReason.CORRUPT and child.stop_error is not None:
+        detail = f"{detail} ({child.stop_error})"
+    elif reason is None and (child.reader.mid_frame or child.buffers):
+        detail = "its result was cut short"
+    elif exitcode is None and signum is None:
+        detail = "something else in this process reaped it (is SIGCHLD ignored?)"
+    error = ChildDiedError(child.pid, exitcode, signum, detail, future.rusage)
+    future._resolve(exception=error)  # noqa: SLF001
+
+
+def _resolve_outcome(
+    future: ForkFuture[Any], outcome: _wire.Frame, buffers: list[bytearray | mmap.mmap]
+) -> None:
+    try:
+        if outcome.kind is _wire.Kind.RESULT:
+            result = _wire.decode_result(outcome.payload, buffers)
+            buffers.clear()
+            future._resolve(result=result)  # noqa: SLF001
+        else:
+            error = _wire.decode_exception(outcome.payload)  # type: ignore[arg-type]
+            future._resolve(exception=error)  # noqa: SLF001
+    except Exception as exc:  # noqa: BLE001 - a bad payload fails only its own task
+        future._resolve(exception=exc)  # noqa: SLF001
+
+
+def running(pid: int) -> bool:
+    """Our child has not exited yet (False once it is a zombie or already reaped)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:
+        return False  # reaped behind our back (SIGCHLD ignored): it has certainly exited
+
+
+def unreaped(pid: int) -> bool:
+    """Our child still holds its pid (running, or a zombie we have not reaped).
+
+    Only then is its process group id known to be the group we created: if
+    something else reaped it (SIGCHLD ignored, a stray wait()), the id may already
+    belong to a stranger.
+    """
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True

@@ -24,6 +24,7 @@ import selectors
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -144,11 +145,17 @@ def throughput_contenders(workers: int, redis_url: str) -> dict[str, Callable[[i
     return contenders
 
 
-def interleaved(contenders: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each contender, round by round."""
+def interleaved(
+    contenders: dict[str, Callable[[], Any]],
+    rounds: int,
+    prepare: Callable[[], object] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per call of each contender, round by round; ``prepare`` runs untimed before each."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, run in contenders.items():
+            if prepare is not None:
+                prepare()
             started = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - started)
@@ -271,7 +278,8 @@ def measure_large_results(size: int, rounds: int) -> dict[str, dict[str, float]]
                         pool.submit(make, size).result()
                     ),
                 }
-                times = interleaved(contenders, rounds)
+                # Each contender starts on recently used memory; see warm_memory.
+                times = interleaved(contenders, rounds, lambda: warm_memory(4 * size))
                 out[kind] = {name: statistics.median(seconds) for name, seconds in times.items()}
     finally:
         LARGE.clear()
@@ -450,12 +458,21 @@ def warm_memory(size: int) -> None:
     """Touch ``size`` bytes once, then free them.
 
     On a virtual machine the first touch of guest memory the host has not backed
-    yet costs several times a normal page fault; without this, that cost lands on
-    whichever contender first allocates a lot (here, up to 4 s per GiB).
+    yet costs several times a normal page fault. A guest with free page reporting
+    (virtio-balloon) hands memory that stayed free for a few seconds back to the
+    host, so this recurs all through a run: on the machine of 2026-12-02, building a
+    256 MiB numpy array took 40 ms right after 1 GiB had been touched and freed, and
+    450-680 ms after 3 s without large allocations (sleeping or spinning alike).
+    Without a warm-up, that cost lands on whichever contender allocates the most
+    fresh memory, not on the one that moves data slowest.
     """
     import mmap  # noqa: PLC0415
 
     region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    # In huge pages, as the large buffers measured here mostly are: warmed in 4 KiB
+    # pages, a 256 MiB build in a child still took 40-400 ms; in huge pages, 38-41 ms.
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        region.madvise(mmap.MADV_HUGEPAGE)
     try:
         region.madvise(23)  # MADV_POPULATE_WRITE (Linux 5.14)
     except OSError:
@@ -473,6 +490,11 @@ def main() -> int:
         chart(json.loads(args.chart_only.read_text()), args.out / "bench-chart.png")
         return 0
     smoke = args.smoke
+    # Every contender forks, some from a process with threads; Python 3.12+ warns each
+    # time (forkpool silences it around its own fork only).
+    warnings.filterwarnings(
+        "ignore", r"This process \(pid=\d+\) is multi-threaded", DeprecationWarning
+    )
     large_mib = 4 if smoke else 256
     if not smoke:
         warm_memory(6 << 30)

@@ -256,6 +256,7 @@ fut = None
 try:
     with forkpool.ForkPerTaskExecutor(1, kill_grace=1.0) as ex:
         fut = ex.submit(long_task)
+        os.write(1, b"submitted\\n")  # one write: the child prints to the same pipe
         fut.result()
 except KeyboardInterrupt:
     exc = fut.exception(timeout=0)  # the with block waited for the child's reaping
@@ -270,6 +271,7 @@ fut = None
 # Registered before the first submit, so it runs after forkpool's own atexit hook.
 atexit.register(lambda: print("interrupted", type(fut.exception(timeout=0)).__name__))
 fut = ex.submit(long_task)
+os.write(1, b"submitted\\n")  # one write: the child prints to the same pipe
 fut.result()
 """
 
@@ -282,6 +284,9 @@ class TestCtrlC:
         """SIGINT while blocked on result() ends the program soon and stops the child."""
         with Script(LONG_TASK + program) as script:
             child = script.child_pid()
+            # The child may start before submit() returns; a Ctrl-C inside submit()
+            # would leave the script without its future.
+            script.wait_line(r"^submitted$")
             script.proc.send_signal(signal.SIGINT)
             status, elapsed = script.finish(timeout=10)
             assert status in (-signal.SIGINT, 1), script.stderr

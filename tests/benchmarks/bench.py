@@ -496,8 +496,6 @@ def main() -> int:
         "ignore", r"This process \(pid=\d+\) is multi-threaded", DeprecationWarning
     )
     large_mib = 4 if smoke else 256
-    if not smoke:
-        warm_memory(6 << 30)
     server = OwnServer()
     server.start()
     try:

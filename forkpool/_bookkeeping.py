@@ -6,8 +6,14 @@ for a moment (``_LINGER``), coalesces them (a task that ended before its entry w
 written needs no write at all), writes what is left in one transactional
 pipeline, and every ``reap_interval``
 rewrites the full entry of every running child (so a Redis that restarted empty
-is repopulated without anyone noticing the restart), heartbeats the host, and
-runs a reaper cycle.
+is repopulated without anyone noticing the restart), renews the host's lease in
+the hosts index, and runs a reaper cycle.
+
+The host's lease is announced, not assumed: its score in ``{prefix}:hosts`` is when
+it lapses (now + this executor's ttl, or a running task's longer one), raised and
+never lowered (``ZADD GT``), so executors with different ttls on one host never
+shorten each other's lease, and another host judges this one departed only once
+its own announced lease has passed.
 
 While Redis is unreachable the events accumulate in memory bounded by the number
 of children alive at once: registrations are kept per running child, and no
@@ -59,11 +65,11 @@ class Bookkeeper:
         self._source = source
         self._client = source.client
         self._keys = context.keys
+        self._ttl = ttl
         self._reap_interval = reap_interval
         self.reaper = Reaper(
             keys=context.keys,
             facts=context.facts,
-            ttl=ttl,
             stopper=Stopper(kill_grace),
             owner_id=context.executor_id,
         )
@@ -196,7 +202,8 @@ class Bookkeeper:
         now = time.time()
         pipe = self._client.pipeline(transaction=True)
         if renew:
-            pipe.zadd(self._keys.hosts, {self._keys.host: now})
+            lease = max((e.ttl for e in entries), default=self._ttl)
+            pipe.zadd(self._keys.hosts, {self._keys.host: now + max(lease, self._ttl)}, gt=True)
         if entries:
             pipe.zadd(self._keys.active, {e.task_id: now + e.ttl for e in entries})
             pipe.hset(self._keys.meta, mapping={e.task_id: e.to_json() for e in entries})

@@ -111,7 +111,6 @@ def _parser() -> argparse.ArgumentParser:
     ps.set_defaults(run=_run_ps)
 
     reap = commands.add_parser("reap", parents=[common], help="run one reaper cycle for this host")
-    reap.add_argument("--ttl", type=float, default=900, help="when other hosts count as gone")
     reap.add_argument("--grace", type=float, default=5.0, help="seconds from SIGTERM to SIGKILL")
     reap.set_defaults(run=_run_reap)
 
@@ -269,7 +268,6 @@ def _run_reap(args: argparse.Namespace) -> int:
     reaper = Reaper(
         keys=Keys(args.prefix, _host(args)),
         facts=_procfs.LocalFacts.current(),
-        ttl=args.ttl,
         stopper=stopper,
     )
     logger.debug("reaping host %r (entries in %s)", reaper.keys.host, reaper.keys.meta)

@@ -7,7 +7,8 @@ one host's keys share a slot):
   expiry (Unix time).
 * ``{prefix}:{<host>}:meta`` -- hash; field = task id, value = :class:`TaskEntry`
   as JSON.
-* ``{prefix}:hosts`` -- sorted set of host names scored by last-seen time.
+* ``{prefix}:hosts`` -- sorted set of host names, each scored by when its own
+  announced lease lapses (Unix time): its last renewal plus its ttl.
 
 Task arguments and results are never stored.
 """
@@ -40,7 +41,7 @@ class Keys:
 
     @property
     def hosts(self) -> str:
-        """Sorted set of every host under the prefix, scored by last-seen time."""
+        """Sorted set of every host under the prefix, scored by when its lease lapses."""
         return f"{self.prefix}:hosts"
 
     def for_host(self, host: str) -> Keys:

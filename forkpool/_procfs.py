@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Final
 
@@ -99,6 +100,32 @@ def carries_task_marker(pid: int, stat: ProcStat, task_id: str) -> bool:
     with contextlib.suppress(OSError):
         return needle in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return False
+
+
+def holds_pidfd_of(holder: int, pid: int) -> bool | None:
+    """``holder`` has a pidfd open for ``pid``; None if its descriptors cannot be read.
+
+    A pidfd's ``/proc/<holder>/fdinfo/<fd>`` names the process it refers to
+    (``Pid:``); a forkpool supervisor keeps one for each child until it reaps it.
+    """
+    try:
+        fds = list(Path(f"/proc/{holder}/fd").iterdir())
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            if str(fd.readlink()) != "anon_inode:[pidfd]":
+                continue
+            info = Path(f"/proc/{holder}/fdinfo/{fd.name}").read_text()
+        except OSError:
+            continue  # closed meanwhile
+        match = _PIDFD_TARGET.search(info)
+        if match is not None and int(match[1]) == pid:
+            return True
+    return False
+
+
+_PIDFD_TARGET: Final = re.compile(r"^Pid:\s*(-?\d+)$", re.MULTILINE)
 
 
 @attrs.frozen

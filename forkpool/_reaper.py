@@ -4,10 +4,13 @@ Everything is decided from the local kernel, never from Redis alone:
 
 * An entry is only ever acted on by a reaper on the same host, same boot and same
   pid namespace. Entries of other hosts are deleted as metadata only, and only once
-  that host has not been seen for longer than the lease length.
+  that host's own announced lease (its score in the hosts index) has passed.
 * A child whose recorded parent is alive is never signalled, whatever its lease
   says: the owner enforces timeouts and renews leases; an expired lease with a live
   parent means the owner is slow or cut off from Redis, and is only logged.
+* A child the kernel says is still supervised is never signalled either, whatever
+  its entry says (see :func:`supervisor_of`): an entry edited to name a dead parent
+  must not get a live task killed.
 * When the recorded parent is dead, the members of the child's process group that
   prove to be the task's (see :func:`_open_verified`) are stopped -- SIGTERM, then
   SIGKILL after the grace -- and the entry is deleted.
@@ -156,6 +159,27 @@ def parent_alive(entry: TaskEntry) -> bool:
     return stat is not None and stat.state not in _GONE and stat.start_ticks == entry.parent_start
 
 
+def supervisor_of(entry: TaskEntry, facts: LocalFacts) -> int | None:
+    """The live process that, by the kernel, still supervises the entry's child, if any.
+
+    The child's real parent is the kernel's ``PPid``, not what the entry records.
+    When a parent dies its children are re-parented at once, to init or a subreaper,
+    which holds no pidfd for them. So the child is still supervised if its kernel
+    parent is the recorded one, or holds a pidfd for it -- or might (its
+    descriptors cannot be read, yet it runs as our user, as any executor of ours
+    does). None: orphaned, or the child itself is gone.
+    """
+    stat = _procfs.read_stat(entry.pid)
+    if stat is None or stat.state in _GONE or stat.start_ticks != entry.pid_start:
+        return None
+    parent = stat.ppid
+    if parent == entry.parent_pid:
+        return parent
+    if _procfs.owner_uid(parent) != facts.uid:
+        return None  # not an executor of ours: an adoptive init or subreaper
+    return None if _procfs.holds_pidfd_of(parent, entry.pid) is False else parent
+
+
 @attrs.frozen
 class Entries:
     """One host's entries as read from Redis in one transaction."""
@@ -222,11 +246,11 @@ class Reaper:
 
     keys: Keys
     facts: LocalFacts
-    ttl: float
     stopper: Stopper
     owner_id: str | None = None
     cycles: int = 0
     _warned_expired: set[str] = attrs.field(factory=set)
+    _warned_supervised: set[str] = attrs.field(factory=set)
 
     def cycle(self, client: redis.Redis, *, now: float | None = None) -> ReapReport:
         """Run one cycle against Redis; return what it did.
@@ -253,6 +277,7 @@ class Reaper:
         delete_entries(client, self.keys, doomed)
         report.removed = doomed
         self._warned_expired &= entries.valid.keys()
+        self._warned_supervised &= entries.valid.keys()
         report.stale_hosts = self._forget_departed_hosts(client, now)
         self.cycles += 1
         return report
@@ -285,6 +310,20 @@ class Reaper:
                     entry.parent_pid,
                 )
             return False
+        supervisor = supervisor_of(entry, self.facts)
+        if supervisor is not None:
+            if entry.task_id not in self._warned_supervised:
+                self._warned_supervised.add(entry.task_id)
+                logger.warning(
+                    "entry of forkpool task %s (pid %d, %s) names parent %d, which is gone, "
+                    "but the kernel says process %d still supervises the child; leaving it",
+                    entry.task_id,
+                    entry.pid,
+                    entry.name,
+                    entry.parent_pid,
+                    supervisor,
+                )
+            return False
         child_found, handles = task_processes(entry, self.facts)
         if handles:
             self.stopper.stop(handles)
@@ -302,8 +341,9 @@ class Reaper:
         return True
 
     def _forget_departed_hosts(self, client: redis.Redis, now: float) -> list[str]:
-        # Costs one command while every other host is alive, however many there are.
-        hosts = cast("list[bytes]", client.zrangebyscore(self.keys.hosts, "-inf", now - self.ttl))
+        # Each host's score is when its own announced lease lapses. Costs one
+        # command while every other host is alive, however many there are.
+        hosts = cast("list[bytes]", client.zrangebyscore(self.keys.hosts, "-inf", f"({now}"))
         departed = [_text(host) for host in hosts if _text(host) != self.keys.host]
         if departed:
             pipe = client.pipeline(transaction=False)

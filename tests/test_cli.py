@@ -110,9 +110,9 @@ class TestPs:
     @pytest.mark.usefixtures("busy")
     def test_malformed_entries_are_reported_and_skipped(self, redis_url, prefix, client):
         """A malformed entry is named on stderr; the good ones are still listed."""
-        # On a host of its own that looks alive, so that no reaper removes it first.
+        # On a host of its own whose lease has not lapsed, so no reaper removes it first.
         keys = Keys(prefix, "quiet-host")
-        client.zadd(keys.hosts, {"quiet-host": time.time()})
+        client.zadd(keys.hosts, {"quiet-host": time.time() + 60})
         client.hset(keys.meta, "broken", "{oops")
         client.zadd(keys.active, {"broken": time.time() + 60})
         result = forkpool_cli(
@@ -196,16 +196,15 @@ class TestReapAndKillAll:
             parent.stdout.close()
             parent.stderr.close()
 
-    def test_reap_forgets_departed_hosts_after_ttl(self, redis_url, prefix, client):
-        """reap --ttl S forgets hosts unseen for longer than S, as metadata only."""
+    def test_reap_forgets_hosts_whose_lease_lapsed(self, redis_url, prefix, client):
+        """reap forgets hosts whose announced lease has lapsed, as metadata only."""
         gone, alive = Keys(prefix, "gone-host"), Keys(prefix, "alive-host")
-        client.zadd(gone.hosts, {"gone-host": time.time() - 120, "alive-host": time.time()})
+        # Scores are when each host's announced lease lapses.
+        client.zadd(gone.hosts, {"gone-host": time.time() - 1, "alive-host": time.time() + 60})
         for keys in (gone, alive):
             client.hset(keys.meta, "t", "{}")
             client.zadd(keys.active, {"t": 1.0})
-        result = forkpool_cli(
-            "reap", "--ttl", "60", "--redis", redis_url, "--prefix", prefix, "--host", HOST
-        )
+        result = forkpool_cli("reap", "--redis", redis_url, "--prefix", prefix, "--host", HOST)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "forgot departed host gone-host"
         assert not client.exists(gone.meta, gone.active)

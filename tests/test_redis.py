@@ -95,7 +95,8 @@ class TestEntries:
             }
             assert _leases(client, prefix)[task_id] > time.time()
             assert stat.comm == f"fp-{task_id[:12]}"
-            assert client.zscore(f"{prefix}:hosts", HOST) == pytest.approx(time.time(), abs=5)
+            # The host's score is when its lease lapses: now + its ttl.
+            assert client.zscore(f"{prefix}:hosts", HOST) == pytest.approx(time.time() + 1, abs=5)
             assert future.result(timeout=10) == "slept"
         assert _entries(client, prefix) == {}
         assert _leases(client, prefix) == {}
@@ -449,12 +450,14 @@ class TestReaper:
         try:
             facts = LocalFacts.current()
             start = read_stat(sleeper.pid).start_ticks
-            for host, seen in (("alive-host", time.time()), ("gone-host", time.time() - 3600)):
+            # Each host's score is when its announced lease lapses.
+            leases = (("alive-host", time.time() + 900), ("gone-host", time.time() - 3600))
+            for host, lease_end in leases:
                 keys = Keys(prefix, host)
                 entry = _entry("t1", sleeper.pid, start, facts, _a_dead_pid(), host=host)
                 client.hset(keys.meta, "t1", entry.to_json())
                 client.zadd(keys.active, {"t1": 1.0})
-                client.zadd(keys.hosts, {host: seen})
+                client.zadd(keys.hosts, {host: lease_end})
             with ForkPerTaskExecutor(1, redis=redis_url, key_prefix=prefix, host=HOST, **FAST):
                 wait_for(lambda: not _entries(client, prefix, "gone-host"), 5, "the departed host")
             assert _entries(client, prefix, "alive-host")
@@ -464,6 +467,54 @@ class TestReaper:
             sleeper.kill()
             sleeper.wait()
 
+    def test_a_short_ttl_host_never_forgets_a_live_long_ttl_host(
+        self, redis_url, client, prefix, tmp_path
+    ):
+        """A host is judged departed by its own announced lease, not by the judge's ttl."""
+        release = tmp_path / "release"
+        with ForkPerTaskExecutor(1, redis=redis_url, key_prefix=prefix, host="patient") as patient:
+            future = patient.submit(_sleep_until_exists, release, 30)
+            wait_for(lambda: _entries(client, prefix, "patient"), 5, "the patient host's entry")
+            announced = time.monotonic()
+            with ForkPerTaskExecutor(
+                1, redis=redis_url, key_prefix=prefix, host="hasty", reap_interval=0.5, ttl=1.5
+            ) as hasty:
+                reaper = hasty._runtime.bookkeeper.reaper
+                # The patient host renews every 30 s; the hasty one judges every 0.5 s.
+                wait_for(
+                    lambda: reaper.cycles >= 3 and time.monotonic() > announced + 3,
+                    10,
+                    "hasty reaper cycles past its own ttl",
+                )
+                assert _entries(client, prefix, "patient")
+                assert client.zscore(Keys(prefix, "patient").hosts, "patient") is not None
+            release.touch()
+            assert future.result(timeout=10) == "slept"
+
+    def test_an_entry_rewritten_to_name_a_dead_parent_kills_nothing(
+        self, redis_url, client, prefix, tmp_path, caplog
+    ):
+        """A live task whose entry is edited to name a dead parent is never signalled."""
+        caplog.set_level(logging.WARNING, logger="forkpool")
+        release = tmp_path / "release"
+        keys = Keys(prefix, HOST)
+        # The owner renews (and so rewrites) its entries only every 30 s.
+        with ForkPerTaskExecutor(1, redis=redis_url, key_prefix=prefix, host=HOST) as owner:
+            future = owner.submit(_sleep_until_exists, release, 30)
+            wait_for(lambda: _entries(client, prefix), 5, "the entry")
+            ((task_id, entry),) = _entries(client, prefix).items()
+            entry["parent_pid"] = _a_dead_pid()
+            client.hset(keys.meta, task_id, json.dumps(entry))
+            with ForkPerTaskExecutor(
+                1, redis=redis_url, key_prefix=prefix, host=HOST, **FAST
+            ) as judge:
+                reaper = judge._runtime.bookkeeper.reaper
+                wait_for(lambda: reaper.cycles >= 3, 10, "three reaper cycles")
+            assert is_running(future.pid)
+            release.touch()
+            assert future.result(timeout=10) == "slept"
+        assert any(task_id in r.getMessage() and "kernel" in r.getMessage() for r in caplog.records)
+
     def test_reaper_cost_ignores_a_thousand_live_hosts(self, own_server):
         """With 1,000 live hosts in Redis, a cycle sends a handful of commands, none theirs."""
         client = redis.Redis.from_url(own_server.url)
@@ -472,15 +523,12 @@ class TestReaper:
         pipe = client.pipeline(transaction=False)
         for n in range(1000):
             other = Keys(prefix, f"host-{n}")
-            pipe.zadd(other.hosts, {other.host: now})
+            pipe.zadd(other.hosts, {other.host: now + 900})  # leases that have not lapsed
             pipe.zadd(other.active, {"task": now + 900})
             pipe.hset(other.meta, "task", "{}")
         pipe.execute()
         reaper = Reaper(
-            keys=Keys(prefix, HOST),
-            facts=LocalFacts.current(),
-            ttl=900,
-            stopper=Stopper(grace=1),
+            keys=Keys(prefix, HOST), facts=LocalFacts.current(), stopper=Stopper(grace=1)
         )
         commands = _monitor(client, own_server.url, lambda: reaper.cycle(client))
         assert 1 <= len(commands) <= 8, commands

@@ -3,6 +3,10 @@
 The supervisor keeps a :class:`Child` from fork until reap. Once reaped, :func:`settle`
 turns what the child left behind (an outcome frame, a stop the supervisor made, an
 exit status) into its future's result or exception.
+
+A timeout is judged by when the child finished (the moment its DONE frame
+carries), never by when the supervisor read it: an outcome finished by the
+deadline counts, however late the supervisor was; one finished after it does not.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ if TYPE_CHECKING:
 
     from forkpool._future import ForkFuture
     from forkpool._options import ResolvedOptions
+    from forkpool._tree import ProcessTree
 
 
 class StopReason(enum.Enum):
@@ -51,11 +56,21 @@ class Child:
     reader: _wire.FrameReader = attrs.field(factory=_wire.FrameReader)
     buffers: list[bytearray | mmap.mmap] = attrs.field(factory=list)
     outcome: _wire.Frame | None = None
+    # When the task finished (time.monotonic(), from its DONE frame), if it has.
+    finished_at: float | None = None
+    # Its descendants outside its process group, once it has been stopped.
+    tree: ProcessTree | None = None
     exited: bool = False
     stop_reason: StopReason | None = None
     stop_error: BaseException | None = None
     outcome_before_stop: bool = False
     kill_at: float | None = None
+
+    @property
+    def finished_in_time(self) -> bool:
+        """The task finished, and no later than its deadline (if it has one)."""
+        finished_at = self.finished_at
+        return finished_at is not None and (self.deadline is None or finished_at <= self.deadline)
 
     def __repr__(self) -> str:
         state = "exited" if self.exited else "running"
@@ -72,7 +87,7 @@ def settle(child: Child, exitcode: int | None, signum: int | None) -> None:
     if reason is StopReason.HOOK_FAILED and child.stop_error is not None:
         future._resolve(exception=child.stop_error)  # noqa: SLF001
         return
-    if outcome is not None and (reason is None or child.outcome_before_stop):
+    if outcome is not None and _outcome_stands(child):
         _resolve_outcome(future, outcome, child.buffers)
         return
     if reason is StopReason.TIMEOUT:
@@ -90,19 +105,30 @@ def settle(child: Child, exitcode: int | None, signum: int | None) -> None:
     future._resolve(exception=error)  # noqa: SLF001
 
 
+def _outcome_stands(child: Child) -> bool:
+    """The child's outcome, which arrived whole, is its future's result."""
+    reason = child.stop_reason
+    if reason is None:
+        return True
+    if reason is StopReason.TIMEOUT:
+        return child.finished_in_time
+    return child.outcome_before_stop
+
+
 def _resolve_outcome(
     future: ForkFuture[Any], outcome: _wire.Frame, buffers: list[bytearray | mmap.mmap]
 ) -> None:
+    result: object = None
+    error: BaseException | None = None
     try:
         if outcome.kind is _wire.Kind.RESULT:
             result = _wire.decode_result(outcome.payload, buffers)
             buffers.clear()
-            future._resolve(result=result)  # noqa: SLF001
         else:
             error = _wire.decode_exception(outcome.payload)  # type: ignore[arg-type]
-            future._resolve(exception=error)  # noqa: SLF001
-    except Exception as exc:  # noqa: BLE001 - a bad payload fails only its own task
-        future._resolve(exception=exc)  # noqa: SLF001
+    except BaseException as exc:  # noqa: BLE001 - a bad payload fails only its own task
+        error = exc
+    future._resolve(result, error)  # noqa: SLF001
 
 
 def running(pid: int) -> bool:

@@ -28,11 +28,16 @@ submit() never pickles the callable or its arguments: the child inherits them. O
 the outcome crosses the pipe. The executor keeps no per-task thread, and the
 supervisor holds the executor only weakly (through a finalizer), so a forgotten
 executor is collected and its children stopped.
+
+At interpreter exit, every executor's work is finished before any atexit handler
+runs, as CPython's executors do (see ``_exit``), even after ``shutdown(wait=False)``
+or once the executor itself is gone; Ctrl-C during that wait stops the children
+instead. The exit hook and the finalizer hold the executor's :class:`_Runtime`,
+never the executor.
 """
 
 from __future__ import annotations
 
-import atexit
 import functools
 import itertools
 import logging
@@ -48,6 +53,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
+from forkpool import _exit
 from forkpool._bookkeeping import Bookkeeper
 from forkpool._child import StopReason
 from forkpool._entry import Keys
@@ -190,12 +196,9 @@ class ForkPerTaskExecutor(Executor):
             initargs=initargs,
             hooks=Hooks(parent_pre_fork, parent_post_fork, child_post_fork),
         )
-        self._lock = threading.Lock()
-        self._shutdown = False
-        self._interpreter_exiting = False
-        self._owner_pid = os.getpid()
         self._runtime = _Runtime(
-            at_exit=functools.partial(_shut_down_at_exit, weakref.ref(self)),
+            config=self._config,
+            owner_pid=os.getpid(),
             **_start_tracking(
                 redis,
                 key_prefix=key_prefix,
@@ -207,11 +210,10 @@ class ForkPerTaskExecutor(Executor):
         )
         self._finalizer = weakref.finalize(self, self._runtime.abandon)
         self._finalizer.atexit = False
-        if self._runtime.bookkeeper is not None:
-            atexit.register(self._runtime.at_exit)
+        _exit.register(self._runtime)
 
     def __repr__(self) -> str:
-        if self._shutdown:
+        if self._runtime.closed:
             state = "shut down"
         elif self._runtime.supervisor is None:
             state = "idle"
@@ -241,8 +243,8 @@ class ForkPerTaskExecutor(Executor):
         options = resolve(fn, self._defaults)
         if options.ttl != self._defaults.ttl:
             _check_ttl(options.ttl, self._reap_interval)
-        with self._lock:
-            supervisor = self._usable_supervisor()
+        with self._runtime.lock:
+            supervisor = self._runtime.usable_supervisor()
             future: ForkFuture[T] = ForkFuture()
             future._on_cancel = supervisor.cancel  # noqa: SLF001 - our own future
             supervisor.submit(WorkItem(future, fn, args, kwargs, options))
@@ -280,33 +282,18 @@ class ForkPerTaskExecutor(Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting tasks; optionally cancel the queued ones and wait.
 
+        Without ``wait`` the running and queued tasks still finish, and the
+        interpreter waits for them at exit.
+
         Args:
             wait: Block until every running and queued task has finished and its
                 child has been reaped.
-            cancel_futures: Cancel the tasks that have not been forked yet.
+            cancel_futures: Cancel the tasks that have not started: those that
+                found no free slot when they were submitted.
         """
-        with self._lock:
-            self._shutdown = True
-            supervisor = self._runtime.supervisor
-        self._forget_cleanups()
-        if supervisor is not None:
-            if cancel_futures:
-                supervisor.cancel_pending()
-            supervisor.begin_shutdown()  # its thread closes the bookkeeper when done
-            if wait:
-                self._join(supervisor)
-        bookkeeper = self._runtime.bookkeeper
-        if bookkeeper is None:
-            return
-        if supervisor is None:
-            bookkeeper.close(timeout=0)
-        if wait and not bookkeeper.close(timeout=_BOOKKEEPING_CLOSE_WAIT):
-            logger.warning(
-                "forkpool's Redis thread did not finish within %ss; the last %d "
-                "removal(s) may not have been written",
-                _BOOKKEEPING_CLOSE_WAIT,
-                bookkeeper.pending[1],
-            )
+        # Once shut down, dropping the executor must not stop its work.
+        self._finalizer.detach()
+        self._runtime.shutdown(wait=wait, cancel_futures=cancel_futures)
 
     def terminate_workers(self) -> None:
         """Send SIGTERM to every running child's process group, then shut down.
@@ -335,13 +322,13 @@ class ForkPerTaskExecutor(Executor):
     ) -> None:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             # The user pressed Ctrl-C: the children have no reason to run on.
-            self._interrupt()
+            self._runtime.interrupt()
         self.shutdown(wait=True)
 
     def __del__(self) -> None:
         # The finalizer (_Runtime.abandon) stops the threads; this only says so.
         runtime = getattr(self, "_runtime", None)
-        if runtime is not None and not self._shutdown and runtime.alive:
+        if runtime is not None and not runtime.closed and runtime.alive:
             warnings.warn(
                 f"{type(self).__name__} was garbage-collected without shutdown(); "
                 "its running children are being stopped and queued tasks cancelled",
@@ -352,81 +339,39 @@ class ForkPerTaskExecutor(Executor):
     # --- internals ---------------------------------------------------------------------
 
     def _check_owner(self) -> None:
-        # Checked before taking self._lock: a child forked while another thread of
-        # the parent held that lock inherits it held, forever.
-        if os.getpid() != self._owner_pid:
+        # Checked before taking the runtime's lock: a child forked while another
+        # thread of the parent held that lock inherits it held, forever.
+        owner = self._runtime.owner_pid
+        if os.getpid() != owner:
             msg = (
-                f"this executor belongs to process {self._owner_pid}; a forked child "
+                f"this executor belongs to process {owner}; a forked child "
                 f"({os.getpid()}) must create its own"
             )
             raise RuntimeError(msg)
 
-    def _usable_supervisor(self) -> Supervisor:
-        """Return the running supervisor, starting it on first use (lock held)."""
-        supervisor = self._runtime.supervisor
-        if supervisor is not None and supervisor.failure is not None:
-            msg = "the executor's supervisor thread failed; no new tasks can run"
-            raise ForkPoolError(msg) from supervisor.failure
-        if self._interpreter_exiting or sys.is_finalizing():
-            msg = "cannot schedule new futures after interpreter shutdown"
-            raise RuntimeError(msg)
-        if self._shutdown:
-            msg = "cannot schedule new futures after shutdown"
-            raise RuntimeError(msg)
-        if supervisor is None:
-            supervisor = self._runtime.supervisor = Supervisor(
-                self._config,
-                tracking=self._runtime.tracking,
-                bookkeeper=self._runtime.bookkeeper,
-            )
-            supervisor.start()
-            if self._runtime.bookkeeper is None:
-                atexit.register(self._runtime.at_exit)
-        return supervisor
-
     def _stop_workers(self, signum: int) -> None:
-        with self._lock:
-            self._shutdown = True
-            supervisor = self._runtime.supervisor
-        if supervisor is not None:
-            supervisor.cancel_pending()
-            supervisor.stop_all(signum, StopReason.TERMINATED)
+        self._runtime.stop_all(signum, StopReason.TERMINATED)
         self.shutdown(wait=False)
 
-    def _interrupt(self) -> None:
-        with self._lock:
-            self._shutdown = True
-            supervisor = self._runtime.supervisor
-        if supervisor is not None:
-            supervisor.cancel_pending()
-            supervisor.stop_all(signal.SIGTERM, StopReason.INTERRUPTED)
 
-    def _join(self, supervisor: Supervisor) -> None:
-        try:
-            supervisor.join()
-        except KeyboardInterrupt:
-            # Ctrl-C while waiting: stop the children, wait for their reaping
-            # (bounded by kill_grace), and let the interrupt go on.
-            self._interrupt()
-            supervisor.join()
-            raise
-
-    def _forget_cleanups(self) -> None:
-        self._finalizer.detach()
-        atexit.unregister(self._runtime.at_exit)
-
-
-@attrs.define
+@attrs.define(eq=False)
 class _Runtime:
-    """The executor's threads, held apart so that a finalizer can stop them.
+    """The executor's state and threads, held apart from it.
 
-    The finalizer must not reference the executor itself, or it would keep it alive.
+    The exit hook and the finalizer reference this, never the executor: the
+    finalizer must not keep the executor alive, and the exit hook must still wait
+    for work the executor left behind when it was dropped.
     """
 
-    at_exit: Callable[[], None]
+    config: SupervisorConfig
+    owner_pid: int
     tracking: TrackingContext | None = None
     bookkeeper: Bookkeeper | None = None
     supervisor: Supervisor | None = None
+    # Guards the flags and the supervisor's creation.
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+    closed: bool = False
+    exiting: bool = False
 
     @property
     def alive(self) -> bool:
@@ -435,11 +380,106 @@ class _Runtime:
             self.bookkeeper is not None and self.bookkeeper.alive
         )
 
+    def usable_supervisor(self) -> Supervisor:
+        """Return the running supervisor, starting it on first use (lock held)."""
+        supervisor = self.supervisor
+        if supervisor is not None and supervisor.failure is not None:
+            msg = "the executor's supervisor thread failed; no new tasks can run"
+            raise ForkPoolError(msg) from supervisor.failure
+        if self.exiting or sys.is_finalizing():
+            msg = "cannot schedule new futures after interpreter shutdown"
+            raise RuntimeError(msg)
+        if self.closed:
+            msg = "cannot schedule new futures after shutdown"
+            raise RuntimeError(msg)
+        if supervisor is None:
+            supervisor = self.supervisor = Supervisor(
+                self.config,
+                tracking=self.tracking,
+                bookkeeper=self.bookkeeper,
+                on_finished=self._supervisor_finished,
+            )
+            supervisor.start()
+        return supervisor
+
+    def shutdown(self, *, wait: bool, cancel_futures: bool) -> None:
+        """Close to new work; cancel what has not started if asked; wait if asked."""
+        with self.lock:
+            self.closed = True
+            supervisor = self.supervisor
+        if supervisor is None:
+            self._close_bookkeeper(wait=wait)
+            _exit.forget(self)
+            return
+        if cancel_futures:
+            supervisor.cancel_pending()
+        supervisor.begin_shutdown()  # once done, its thread calls _supervisor_finished
+        if wait:
+            self._join(supervisor)
+            _exit.forget(self)
+
+    def stop_all(self, signum: int, reason: StopReason) -> None:
+        """Close to new work, cancel what has not been forked, signal every child."""
+        with self.lock:
+            self.closed = True
+            supervisor = self.supervisor
+        if supervisor is not None:
+            supervisor.cancel_pending(started_too=True)
+            supervisor.stop_all(signum, reason)
+
+    def interrupt(self) -> None:
+        """Ctrl-C: the children have no reason to run on."""
+        self.stop_all(signal.SIGTERM, StopReason.INTERRUPTED)
+
+    def _join(self, supervisor: Supervisor) -> None:
+        try:
+            supervisor.join()
+        except KeyboardInterrupt:
+            # Ctrl-C while waiting: stop the children, wait for their reaping
+            # (bounded by kill_grace), and let the interrupt go on.
+            self.interrupt()
+            supervisor.join()
+            raise
+
+    def _supervisor_finished(self) -> None:
+        """In the supervisor thread, as it ends: the last Redis writes, then idle."""
+        self._close_bookkeeper(wait=True)
+        if self.closed:
+            _exit.forget(self)
+
+    def _close_bookkeeper(self, *, wait: bool) -> None:
+        bookkeeper = self.bookkeeper
+        if bookkeeper is None:
+            return
+        if not bookkeeper.close(timeout=_BOOKKEEPING_CLOSE_WAIT if wait else 0) and wait:
+            logger.warning(
+                "forkpool's Redis thread did not finish within %ss; the last %d "
+                "removal(s) may not have been written",
+                _BOOKKEEPING_CLOSE_WAIT,
+                bookkeeper.pending[1],
+            )
+
+    # --- interpreter exit (see _exit) -------------------------------------------------
+
+    def close_for_exit(self, *, interrupted: bool) -> None:
+        """Refuse new work from now on; stop the children if Ctrl-C ended the program."""
+        if os.getpid() != self.owner_pid:
+            return  # a forked copy of the program is exiting; the work is not its
+        with self.lock:
+            self.exiting = True
+        if interrupted:
+            self.interrupt()
+
+    def wait_for_exit(self) -> None:
+        """Finish the work like the stdlib: running and queued tasks alike."""
+        if os.getpid() == self.owner_pid:
+            self.shutdown(wait=True, cancel_futures=False)
+
     def abandon(self) -> None:
         """The executor was dropped without shutdown(): stop everything."""
-        atexit.unregister(self.at_exit)
+        _exit.forget(self)
         if self.supervisor is not None:
-            self.supervisor.abandon()  # closes the bookkeeper when its children are gone
+            self.supervisor.abandon()  # its thread closes the bookkeeper when done
         elif self.bookkeeper is not None:
             self.bookkeeper.close(timeout=0)
 
@@ -488,17 +528,6 @@ def _check_ttl(ttl: object, reap_interval: float) -> float:
         )
         raise ValueError(msg)
     return seconds
-
-
-def _shut_down_at_exit(executor_ref: weakref.ref[ForkPerTaskExecutor]) -> None:
-    """At interpreter exit: finish the work like the stdlib, unless Ctrl-C ended it."""
-    executor = executor_ref()
-    if executor is None:
-        return
-    executor._interpreter_exiting = True  # noqa: SLF001
-    if isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
-        executor._interrupt()  # noqa: SLF001
-    executor.shutdown(wait=True)
 
 
 def _check_tuple(value: object, name: str) -> None:

@@ -14,7 +14,11 @@ Some facts about fork, each of which shaped this module:
   get is given a fresh stream object in the child instead, which is as safe.
 * Buffered output is copied into the child. The parent flushes stdout/stderr
   right before forking, and the child drops whatever a racing thread buffered in
-  between, so nothing is printed twice.
+  between, so nothing is printed twice. A flush can block forever (a pipe nobody
+  reads, with another thread stuck writing to it and holding the stream's lock),
+  so a stream the child replaces -- whose copied buffer it drops anyway -- is only
+  flushed when its descriptor has room for all of it; the flush then only keeps
+  the parent's and the child's output in order.
 * A child must never return into the parent's stack or run its atexit handlers:
   every path out of :func:`_run_child` is ``os._exit``.
 * ``PR_SET_PDEATHSIG`` fires when the *thread* that forked exits, not the process.
@@ -44,15 +48,21 @@ from __future__ import annotations
 
 import _signal  # the C layer of `signal`: same functions, ints instead of enums
 import contextlib
+import fcntl
 import gc
 import io
 import logging
 import os
 import re
 import resource
+import select
 import signal
+import stat
+import struct
 import sys
+import termios
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
@@ -60,7 +70,8 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
 import attrs
 
 from forkpool import _linux, _procfs
-from forkpool._progress import Channel, install_channel, make_channel
+from forkpool._options import MAX_MEMORY_LIMIT
+from forkpool._progress import Channel, in_forked_child, install_channel, make_channel
 from forkpool._wire import Kind, Outcome, encode_exception, encode_result
 
 if TYPE_CHECKING:
@@ -149,7 +160,8 @@ class Forker:
         if self._thread_mask is None:
             msg = "Forker.adopt_thread() must be called in the forking thread first"
             raise RuntimeError(msg)
-        _flush_stdio()
+        spares = self._spare_stdio()
+        _flush_before_fork(spares)
         channel = make_channel(write_fd, self._parent_pid, read_fd)
         name = None
         if task.task_id is not None:
@@ -160,7 +172,7 @@ class Forker:
                 parent_pid=self._parent_pid,
                 signals_to_reset=_signals_to_reset(),
                 signal_mask=self._thread_mask,
-                stream_swaps=self._spare_stdio().swaps(locks.handlers),
+                stream_swaps=spares.swaps(locks.handlers),
                 busy_handlers=locks.busy,
                 channel=channel,
                 close_fds=tuple(close_in_child),
@@ -311,17 +323,42 @@ def _run_child(task: ChildTask, setup: _ChildSetup) -> NoReturn:
                 task.initializer(*task.initargs)
             value = task.fn(*task.args, **task.kwargs)
         except BaseException as exc:  # noqa: BLE001 - SystemExit and friends are outcomes too
+            if not in_forked_child(setup.channel):
+                _leave_as_helper(exc)
             outcome = Outcome(Kind.RAISED, encode_exception(exc))
         else:
+            if not in_forked_child(setup.channel):
+                _leave_as_helper(None)
             outcome = encode_result(value)
             del value
-        setup.channel.send_outcome(outcome)
+        setup.channel.send_outcome(outcome, time.monotonic())
         status = 0
     except BaseException:  # noqa: BLE001, S110 - nothing may escape a child; the parent sees the status
         pass
     finally:
         _flush_stdio()
         os._exit(status)
+
+
+def _leave_as_helper(error: BaseException | None) -> NoReturn:
+    """Exit a process the task forked, which came back out of the task's frames.
+
+    It leaves as a Python program would, and reports nothing: the outcome is the
+    forked child's alone.
+    """
+    status = 0
+    if isinstance(error, SystemExit):
+        code = error.code
+        if isinstance(code, int):
+            status = code & 0xFF
+        elif code is not None:
+            sys.stderr.write(f"{code}\n")
+            status = 1
+    elif error is not None:
+        traceback.print_exception(type(error), error, error.__traceback__)
+        status = 1
+    _flush_stdio()
+    os._exit(status)
 
 
 def _settle_in(task: ChildTask, setup: _ChildSetup) -> None:
@@ -356,7 +393,7 @@ def _cap_memory(limit: int) -> None:
             inherited = int(line.split()[1]) * 1024
             break
     _, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    cap = inherited + limit
+    cap = min(inherited + limit, MAX_MEMORY_LIMIT)
     if hard != resource.RLIM_INFINITY:
         cap = min(cap, hard)
     resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
@@ -502,6 +539,51 @@ def _all_handlers() -> list[logging.Handler]:
         for handler in logger.handlers:
             seen.setdefault(id(handler), handler)
     return list(seen.values())
+
+
+def _flush_before_fork(spares: _SpareStdio) -> None:
+    """In the parent: flush stdout and stderr, without ever blocking on them.
+
+    A stream the child keeps must be flushed, or the child would print its copy of
+    the buffer again. One the child replaces is flushed only if that cannot block.
+    """
+    for stream, fd, replacement in zip(spares.originals, (1, 2), spares.replacements, strict=True):
+        if stream is None or (replacement is not None and not _room_to_flush(fd)):
+            continue
+        try:
+            stream.flush()  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001, S110 - a broken stream must not stop a fork
+            pass
+
+
+# What a text stream may hold unwritten: the text layer's pending chunk (8 KiB, and
+# as much again for the write that overflows it) and the buffer below (8 KiB).
+_UNWRITTEN_MAX: Final = 3 * io.DEFAULT_BUFFER_SIZE
+
+
+def _room_to_flush(fd: int) -> bool:
+    """Writing a text stream's whole buffer to ``fd`` would not block now.
+
+    A pipe must have room for the most a stream can hold. A pipe without room is
+    one its reader has let fill, and a thread writing to it may hold the stream's
+    lock: the flush would wait for that thread, forever if nobody reads.
+    """
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            return True
+        if stat.S_ISFIFO(mode):
+            unread = fcntl.ioctl(fd, termios.FIONREAD, _INT_BYTES)
+            return bool(
+                fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) - _INT.unpack(unread)[0] >= _UNWRITTEN_MAX
+            )
+        return bool(select.select([], [fd], [], 0)[1])
+    except (OSError, ValueError):
+        return False
+
+
+_INT: Final = struct.Struct("i")
+_INT_BYTES: Final = bytes(_INT.size)
 
 
 def _flush_stdio() -> None:

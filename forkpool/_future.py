@@ -74,13 +74,14 @@ class ForkFuture(Future[T]):
         Callbacks run in the executor's supervisor thread, so they should be quick.
         If the task already reported progress, ``fn`` is called at once, in this
         thread, with the latest value; none is lost. Exceptions from ``fn`` are
-        logged and ignored.
+        logged and ignored; in the supervisor thread even ``SystemExit`` and
+        ``KeyboardInterrupt`` are, so that no callback can stop other tasks.
         """
         with self._condition:
             self._progress_callbacks.append(fn)
             seen, latest = self._progress_seen, self._progress
         if seen:
-            _call_progress_callback(fn, self, latest)
+            _call_progress_callback(fn, self, latest, contain=False)
 
     def _report_progress(self, value: object) -> None:
         with self._condition:
@@ -88,7 +89,7 @@ class ForkFuture(Future[T]):
             self._progress_seen = True
             callbacks = list(self._progress_callbacks)
         for fn in callbacks:
-            _call_progress_callback(fn, self, value)
+            _call_progress_callback(fn, self, value, contain=True)
 
     def __repr__(self) -> str:
         # Future's internals (_state, _condition, ...) are read and written here as
@@ -107,6 +108,10 @@ class ForkFuture(Future[T]):
             sent SIGTERM, then SIGKILL after the kill grace; the future is cancelled
             at once and never receives that child's outcome.
         """
+        return self._cancel(contain=False)
+
+    def _cancel(self, *, contain: bool) -> bool:
+        """cancel(); with ``contain``, no done-callback's exception escapes (forkpool's threads)."""
         with self._condition:
             if self._state == FINISHED:
                 return False
@@ -120,9 +125,11 @@ class ForkFuture(Future[T]):
                 waiter.add_cancelled(self)
             self._condition.notify_all()
             on_cancel, self._on_cancel = self._on_cancel, None
-        Future._invoke_callbacks(self)  # type: ignore[attr-defined]  # noqa: SLF001
+        # The child is stopped before any callback runs: one that raises must not
+        # leave it running.
         if on_cancel is not None:
             on_cancel(self)
+        self._run_done_callbacks(contain=contain)
         return True
 
     def _start_running(self) -> bool:
@@ -134,7 +141,10 @@ class ForkFuture(Future[T]):
             return True
 
     def _resolve(self, result: object = None, exception: BaseException | None = None) -> None:
-        """Set the outcome unless the future was cancelled (or resolved) meanwhile."""
+        """Set the outcome unless the future was cancelled (or resolved) meanwhile.
+
+        Called in the supervisor thread, so done-callbacks are contained.
+        """
         with self._condition:
             if self._state != RUNNING:
                 return
@@ -150,13 +160,34 @@ class ForkFuture(Future[T]):
                 else:
                     waiter.add_result(self)
             self._condition.notify_all()
-        Future._invoke_callbacks(self)  # type: ignore[attr-defined]  # noqa: SLF001
+        self._run_done_callbacks(contain=True)
+
+    def _run_done_callbacks(self, *, contain: bool) -> None:
+        """Call the done-callbacks as Future does, logging what they raise.
+
+        Future lets a BaseException through, which in forkpool's supervisor thread
+        would stop every other task; with ``contain`` it is logged like the rest.
+        """
+        callbacks: list[Callable[[ForkFuture[T]], object]] = self._done_callbacks  # type: ignore[attr-defined]
+        for callback in callbacks:
+            try:
+                callback(self)
+            except BaseException as exc:  # noqa: PERF203 - see the docstring
+                if not (contain or isinstance(exc, Exception)):
+                    raise
+                logger.exception("exception calling callback for %r", self)
 
 
 def _call_progress_callback(
-    fn: Callable[[ForkFuture[Any], Any], object], future: ForkFuture[Any], value: object
+    fn: Callable[[ForkFuture[Any], Any], object],
+    future: ForkFuture[Any],
+    value: object,
+    *,
+    contain: bool,
 ) -> None:
     try:
         fn(future, value)
-    except Exception:
+    except BaseException as exc:
+        if not (contain or isinstance(exc, Exception)):
+            raise
         logger.exception("progress callback %r of %r raised", fn, future)

@@ -14,6 +14,7 @@ import enum
 import functools
 import math
 import sys
+import threading
 from typing import TYPE_CHECKING, Any, Final, Generic, ParamSpec, TypeVar, cast, final
 
 import attrs
@@ -35,6 +36,13 @@ class _Unset(enum.Enum):
 UNSET: Final = _Unset.UNSET
 """Marks a setting that was not given, as distinct from an explicit None."""
 
+MAX_SECONDS: Final = threading.TIMEOUT_MAX
+"""The longest duration forkpool accepts: the longest timed wait a thread can make
+(about 292 years on Linux). Anything longer would overflow a wait somewhere."""
+
+MAX_MEMORY_LIMIT: Final = 2**63 - 1
+"""The largest memory limit: setrlimit() takes a C long."""
+
 
 def require_callable(value: object, message: str) -> None:
     """Raise TypeError naming the type of ``value`` if it is not callable."""
@@ -51,7 +59,7 @@ def check_timeout(value: object, name: str = "timeout") -> float | None:
     if not math.isfinite(number) or number <= 0:
         msg = f"{name} must be None or a finite number of seconds > 0, got {value!r}"
         raise ValueError(msg)
-    return number
+    return _at_most_max_seconds(number, name)
 
 
 def check_positive(value: object, name: str) -> float:
@@ -60,7 +68,7 @@ def check_positive(value: object, name: str) -> float:
     if not math.isfinite(number) or number <= 0:
         msg = f"{name} must be a finite number of seconds > 0, got {value!r}"
         raise ValueError(msg)
-    return number
+    return _at_most_max_seconds(number, name)
 
 
 def check_memory_limit(value: object, name: str = "memory_limit") -> int | None:
@@ -73,6 +81,9 @@ def check_memory_limit(value: object, name: str = "memory_limit") -> int | None:
     if value <= 0:
         msg = f"{name} must be a number of bytes > 0, got {value}"
         raise ValueError(msg)
+    if value > MAX_MEMORY_LIMIT:
+        msg = f"{name} must be at most {MAX_MEMORY_LIMIT} bytes (2**63 - 1), got {value}"
+        raise ValueError(msg)
     return value
 
 
@@ -81,6 +92,16 @@ def check_kill_grace(value: object, name: str = "kill_grace") -> float:
     number = _as_number(value, name)
     if not math.isfinite(number) or number < 0:
         msg = f"{name} must be a finite number of seconds >= 0, got {value!r}"
+        raise ValueError(msg)
+    return _at_most_max_seconds(number, name)
+
+
+def _at_most_max_seconds(number: float, name: str) -> float:
+    if number > MAX_SECONDS:
+        msg = (
+            f"{name} must be at most {MAX_SECONDS:.0f} seconds (about 292 years, the "
+            f"longest wait a thread can make), got {number:g}"
+        )
         raise ValueError(msg)
     return number
 
@@ -141,12 +162,42 @@ def options_of(fn: object) -> TaskOptions:
     return TaskOptions()
 
 
-def qualified_name(fn: Callable[..., Any]) -> str:
-    """``module.qualname`` of the user's callable, for logs and Redis entries."""
-    inner = unwrap(fn)
-    name = getattr(inner, "__qualname__", None) or type(inner).__qualname__
-    module = getattr(inner, "__module__", None)
-    return f"{module}.{name}" if module else name
+def task_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` of the user's callable, for logs and Redis entries.
+
+    Never raises: any callable runs, and naming it must not fail its task. A proxy
+    whose attribute lookups raise, an instance, a mock: each falls back to the
+    name of its type.
+    """
+    try:
+        inner = unwrap(fn)
+    except BaseException:  # noqa: BLE001 - isinstance() may consult a raising __class__
+        inner = fn
+    for describe in (_own_name, _type_name):
+        try:
+            name = describe(inner)
+        except BaseException:  # noqa: BLE001, S112 - e.g. __getattr__ raising outside a context
+            continue
+        if name:
+            return name[:_NAME_MAX]
+    return "<callable>"
+
+
+# Names are for people reading ``forkpool ps``; a proxy's may be anything.
+_NAME_MAX: Final = 200
+
+
+def _own_name(fn: object) -> str | None:
+    name = getattr(fn, "__qualname__", None)
+    if not isinstance(name, str):
+        return None
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{name}" if isinstance(module, str) and module else name
+
+
+def _type_name(fn: object) -> str:
+    cls = type(fn)
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def unwrap(fn: Callable[..., Any]) -> Callable[..., Any]:

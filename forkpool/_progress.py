@@ -1,8 +1,11 @@
 """Progress from a running child to its future: ``forkpool.report_progress(value)``.
 
 In a child, reports travel on the same pipe as the result, as frames the parent
-reads as they arrive; a lock keeps frames from threads of the task whole. Outside a
-forkpool child the call does nothing but warn.
+reads as they arrive; a lock keeps frames from threads of the task whole. Only the
+process forkpool forked writes on the pipe: a process the task forks inherits the
+channel, but its writes could tear the child's frames, and its outcome is not the
+task's. Outside a forkpool child, and in such a process, the call does nothing but
+warn.
 """
 
 from __future__ import annotations
@@ -33,14 +36,16 @@ class Channel:
     # Keeps frames from threads of the task whole. Made with the channel, in the
     # parent, which never takes it.
     lock: threading.Lock = attrs.field(factory=threading.Lock)
+    # The process forkpool forked, the only one that may write (set in the child).
+    owner_pid: int = 0
 
     def send(self, kind: Kind, payload: bytes) -> None:
         with self.lock:
             write_frame(self._pipe(), kind, payload)
 
-    def send_outcome(self, outcome: Outcome) -> None:
+    def send_outcome(self, outcome: Outcome, finished_at: float) -> None:
         with self.lock:
-            send_outcome(self._pipe(), outcome)
+            send_outcome(self._pipe(), outcome, finished_at)
 
     def _pipe(self) -> int:
         if _identity(self.fd) == self.identity:
@@ -81,7 +86,13 @@ def make_channel(fd: int, parent_pid: int, parent_read_fd: int) -> Channel:
 
 def install_channel(channel: Channel) -> None:
     """In a new child: route report_progress() and the outcome through ``channel``."""
+    channel.owner_pid = os.getpid()
     _ChildState.channel = channel
+
+
+def in_forked_child(channel: Channel) -> bool:
+    """This is the process forkpool forked, not one the task forked from it."""
+    return channel.owner_pid == os.getpid()
 
 
 def report_progress(value: object) -> None:
@@ -89,22 +100,24 @@ def report_progress(value: object) -> None:
 
     Call it from inside a task (any thread of it). The value is pickled like a
     result; the parent reads it as it arrives and never blocks on it. Outside a
-    forkpool child this does nothing and warns.
+    forkpool child this does nothing and warns; so it does in a process the task
+    forked (only the task's own process reports).
 
     Raises:
         ResultNotPicklableError: The value cannot be pickled.
     """
     channel = _ChildState.channel
-    if channel is None:
+    if channel is None or not in_forked_child(channel):
+        where = "outside a forkpool task" if channel is None else "in a process a task forked"
         warnings.warn(
-            "forkpool.report_progress() called outside a forkpool task; ignored",
+            f"forkpool.report_progress() called {where}; ignored",
             RuntimeWarning,
             stacklevel=2,
         )
         return
     try:
         payload = dumps(value)
-    except Exception as exc:
+    except BaseException as exc:
         from forkpool._errors import ResultNotPicklableError  # noqa: PLC0415 - rare path
 
         msg = f"progress value of type {type(value).__qualname__} could not be pickled: {exc}"

@@ -18,6 +18,16 @@ reaped. The pipe therefore never reports EOF (exits are seen through the pidfd,
 not through EOF), and a task that closes or overwrites its end of the pipe can
 re-open it through ``/proc/<parent>/fd/<n>`` to deliver its outcome.
 
+A task is given a slot when it is submitted if one is free, and only then counts
+as started (``shutdown(cancel_futures=True)`` leaves it be, as CPython's executors
+do); the others wait, and each reaped child hands its slot to the next of them.
+
+A deadline found passed is checked against what the child did before it: the
+supervisor reads what the child sent first, and a task whose DONE frame says it
+finished in time is left to exit. This thread can be late -- a slow callback, a
+large result to unpickle, the whole process stopped -- and lateness must not turn
+into a timeout.
+
 Only this thread signals or reaps children. A child that has not been reaped still
 owns its pid and its process group id (even as a zombie), so every ``killpg`` here
 reaches the group we created and never a stranger that inherited a recycled pid.
@@ -41,8 +51,9 @@ import attrs
 from forkpool import _fork, _linux, _wire
 from forkpool._child import Child, StopReason, running, settle, unreaped
 from forkpool._errors import ForkPoolError
-from forkpool._options import qualified_name
+from forkpool._options import task_name
 from forkpool._tracking import Forked
+from forkpool._tree import ProcessTree
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -57,6 +68,11 @@ logger = logging.getLogger("forkpool")
 
 # Without pidfds, how often running children are checked for an exit.
 _EXIT_POLL_INTERVAL: Final = 0.05
+# The longest single wait: epoll takes milliseconds as a C int (24.8 days), and a
+# deadline further away is simply waited for in steps.
+_MAX_POLL_WAIT: Final = 3600.0
+# At a passed deadline, at most this many reads of what the child sent first.
+_DEADLINE_READS: Final = 64
 
 
 @attrs.frozen
@@ -109,13 +125,21 @@ class Supervisor:
         *,
         tracking: TrackingContext | None = None,
         bookkeeper: Bookkeeper | None = None,
+        on_finished: Callable[[], None] | None = None,
     ) -> None:
         self._config = config
+        self._on_finished = on_finished
         self._tracking = tracking
         self._bookkeeper = bookkeeper
         self._forker = _fork.Forker()
-        # Filled by submit() in any thread, emptied here; deque ops are atomic.
-        self._pending: collections.deque[WorkItem] = collections.deque()
+        # Slots: submit() (any thread) gives a task one if it is free, and a reaped
+        # child hands its own on. Tasks with a slot wait in _ready for this thread to
+        # fork them; the others wait in _waiting. The lock guards all three.
+        self._admission = threading.Lock()
+        self._started = 0
+        self._ready: collections.deque[WorkItem] = collections.deque()
+        self._waiting: collections.deque[WorkItem] = collections.deque()
+        # Filled in any thread, emptied here; deque ops are atomic.
         self._commands: collections.deque[_Cancel | _StopAll] = collections.deque()
         self._children: dict[int, Child] = {}
         self._poller = select.epoll()
@@ -143,8 +167,14 @@ class Supervisor:
         self._thread.start()
 
     def submit(self, item: WorkItem) -> None:
-        """Queue a task; it is forked as soon as a slot is free."""
-        self._pending.append(item)
+        """Queue a task: started now if a slot is free, else when one frees up."""
+        with self._admission:
+            if self._started < self._config.max_workers and not self._waiting:
+                item.future._start_running()  # noqa: SLF001 - a new future: always True
+                self._started += 1
+                self._ready.append(item)
+            else:
+                self._waiting.append(item)
         self.wake()
 
     def cancel(self, future: ForkFuture[Any]) -> None:
@@ -157,14 +187,15 @@ class Supervisor:
         self._commands.append(_StopAll(signum, reason))
         self.wake()
 
-    def cancel_pending(self) -> None:
-        """Cancel every task that has not been forked yet."""
-        while True:
-            try:
-                item = self._pending.popleft()
-            except IndexError:
-                return
-            item.future.cancel()
+    def cancel_pending(self, *, started_too: bool = False) -> None:
+        """Cancel the tasks still waiting for a slot (and, if asked, those not forked yet)."""
+        with self._admission:
+            items = [*self._waiting, *(self._ready if started_too else ())]
+            self._waiting.clear()
+        # A started one stays in _ready: this thread sees it cancelled and frees its slot.
+        contain = threading.current_thread() is self._thread
+        for item in items:
+            item.future._cancel(contain=contain)  # noqa: SLF001
 
     def begin_shutdown(self) -> None:
         """Finish the queued and running tasks, then exit the thread."""
@@ -213,6 +244,8 @@ class Supervisor:
             self._close()
             if self._bookkeeper is not None:
                 self._bookkeeper.close(timeout=0)
+            if self._on_finished is not None:
+                self._on_finished()
 
     def _step(self) -> bool:
         self._run_commands()
@@ -235,7 +268,7 @@ class Supervisor:
         return True
 
     def _finished(self) -> bool:
-        return (self._shutting_down or self._abandoned) and not self._pending and not self._children
+        return (self._shutting_down or self._abandoned) and not self._started and not self._waiting
 
     def _drain_wakeups(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -245,7 +278,7 @@ class Supervisor:
     def _run_commands(self) -> None:
         if self._abandoned and not self._abandon_handled:
             self._abandon_handled = True
-            self.cancel_pending()
+            self.cancel_pending(started_too=True)
             for child in list(self._children.values()):
                 self._stop(child, StopReason.ABANDONED, signal.SIGTERM)
         while self._commands:
@@ -262,10 +295,30 @@ class Supervisor:
                     self._stop(child, command.reason, command.signum)
 
     def _dispatch(self) -> None:
-        while self._pending and len(self._children) < self._config.max_workers:
-            item = self._pending.popleft()
-            if item.future._start_running():  # noqa: SLF001 - the future's owner
+        if not self._ready:
+            return
+        with self._admission:
+            items = list(self._ready)
+            self._ready.clear()
+        for item in items:
+            if item.future.cancelled():  # between submit() and now
+                self._release_slot()
+            else:
                 self._launch(item)
+
+    def _release_slot(self) -> None:
+        """A started task is over (or never forked): hand its slot to the next waiting."""
+        with self._admission:
+            self._started -= 1
+            while self._started < self._config.max_workers and self._waiting:
+                item = self._waiting.popleft()
+                if item.future._start_running():  # noqa: SLF001 - the future's owner
+                    self._started += 1
+                    self._ready.append(item)
+
+    def _fail_launch(self, future: ForkFuture[Any], error: BaseException) -> None:
+        self._release_slot()
+        future._resolve(exception=error)  # noqa: SLF001
 
     def _launch(self, item: WorkItem) -> None:
         future, fn, args, kwargs = item.future, item.fn, item.args, item.kwargs
@@ -274,12 +327,12 @@ class Supervisor:
             if hooks.parent_pre_fork is not None:
                 hooks.parent_pre_fork(fn, args, kwargs)
         except BaseException as exc:  # noqa: BLE001 - a hook failure is that task's outcome
-            future._resolve(exception=exc)  # noqa: SLF001
+            self._fail_launch(future, exc)
             return
         try:
             read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         except OSError as exc:
-            future._resolve(exception=_with_context(exc, "cannot create the result pipe"))  # noqa: SLF001
+            self._fail_launch(future, _with_context(exc, "cannot create the result pipe"))
             return
         task_id = os.urandom(16).hex() if self._bookkeeper is not None else None
         task = _fork.ChildTask(
@@ -297,7 +350,7 @@ class Supervisor:
         except OSError as exc:
             os.close(read_fd)
             os.close(write_fd)
-            future._resolve(exception=_with_context(exc, "fork failed"))  # noqa: SLF001
+            self._fail_launch(future, _with_context(exc, "fork failed"))
             return
         finally:
             del task
@@ -354,7 +407,7 @@ class Supervisor:
                 Forked(
                     task_id=task_id,
                     pid=pid,
-                    name=qualified_name(item.fn),
+                    name=task_name(item.fn),
                     started=time.time(),
                     timeout=item.options.timeout,
                     ttl=item.options.ttl,
@@ -399,10 +452,22 @@ class Supervisor:
         elif child.outcome is not None:
             self._corrupt(child, _wire.FrameError("a frame after the outcome"))
             return False
+        elif kind is _wire.Kind.DONE:
+            if child.finished_at is not None or len(frame.payload) != _wire.DONE_STAMP.size:
+                self._corrupt(child, _wire.FrameError("a second or malformed DONE frame"))
+                return False
+            (child.finished_at,) = _wire.DONE_STAMP.unpack(frame.payload)
         elif kind in _wire.BUFFER_KINDS:
             child.buffers.append(frame.payload)  # type: ignore[arg-type]  # never bytes
         else:
             child.outcome = frame
+            if (
+                child.deadline is not None
+                and child.pid not in self._timed
+                and child.stop_reason is None
+            ):
+                # Its deadline passed while it was still sending (see _judge_deadline).
+                self._stop(child, StopReason.TIMEOUT, signal.SIGTERM)
         return True
 
     def _corrupt(self, child: Child, error: BaseException) -> None:
@@ -420,7 +485,7 @@ class Supervisor:
     def _deliver_progress(self, child: Child, payload: bytes | bytearray) -> None:
         try:
             value = pickle.loads(payload)  # noqa: S301 - bytes from our own child
-        except Exception:
+        except BaseException:
             logger.warning(
                 "ignoring a progress value from child %d that does not unpickle",
                 child.pid,
@@ -455,6 +520,10 @@ class Supervisor:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 pass  # nothing left to kill
+        if child.tree is not None:
+            # A stopped task's descendants in other groups go with it.
+            child.tree.send(signal.SIGKILL)
+            child.tree.close()
         if child.task_id is not None and self._bookkeeper is not None:
             self._bookkeeper.remove(child.task_id)  # before the reap; see Bookkeeper.remove
         future = child.future
@@ -473,6 +542,8 @@ class Supervisor:
         del self._children[pid]
         self._timed.pop(pid, None)
         self._unpolled.pop(pid, None)
+        # Before settling: a done-callback that submits finds the slot free.
+        self._release_slot()
         exitcode, signum = (None, None) if status < 0 else _fork.describe_status(status)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
@@ -506,15 +577,35 @@ class Supervisor:
             child.kill_at = None
 
     def _signal(self, child: Child, signum: int) -> None:
+        """Signal the task's child, its group and its descendants elsewhere (see _tree).
+
+        Everything is stopped first and continued after a catchable signal, so the
+        walk for descendants misses nothing forked meanwhile.
+        """
+        if not unreaped(child.pid):
+            return  # something else reaped it: its pid and group id may be a stranger's
         # The leader is signalled directly too, in case the task left its group.
+        self._send(child, signal.SIGSTOP)
+        try:
+            if child.tree is None:
+                child.tree = ProcessTree(child.pid)
+            child.tree.freeze()
+            self._send(child, signum)
+            child.tree.send(signum)
+        finally:
+            if signum != signal.SIGKILL:
+                self._send(child, signal.SIGCONT)
+                child.tree.send(signal.SIGCONT)  # type: ignore[union-attr]  # set above
+
+    def _send(self, child: Child, signum: int) -> None:
+        """Send ``signum`` to the child itself and to its process group (it is unreaped)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if child.pidfd is not None:
                 signal.pidfd_send_signal(child.pidfd, signum)
             else:
                 os.kill(child.pid, signum)
-        if unreaped(child.pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.pid, signum)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signum)
 
     def _enforce_deadlines(self, now: float) -> None:
         for child in list(self._timed.values()):
@@ -525,7 +616,27 @@ class Supervisor:
                 self._signal(child, signal.SIGKILL)
                 child.kill_at = None
             elif child.stop_reason is None and child.deadline is not None and now >= child.deadline:
+                self._judge_deadline(child)
+
+    def _judge_deadline(self, child: Child) -> None:
+        """The deadline has passed: stop the task unless it finished before it."""
+        for _ in range(_DEADLINE_READS):
+            if child.finished_at is not None or child.outcome is not None or not self._read(child):
+                break
+        if child.stop_reason is not None:
+            return  # the stream was corrupt: already stopped
+        if child.finished_in_time:
+            # Its outcome stands. Once all of it is here, the child is only exiting,
+            # or stuck flushing its output to a full pipe: either way it must go.
+            if child.outcome is not None:
                 self._stop(child, StopReason.TIMEOUT, signal.SIGTERM)
+            else:
+                del self._timed[child.pid]  # still sending: _take stops it after
+            return
+        if child.finished_at is None and not running(child.pid):
+            self._reap(child)  # it ended by itself, sending nothing: say how
+            return
+        self._stop(child, StopReason.TIMEOUT, signal.SIGTERM)
 
     def _next_timeout(self) -> float | None:
         if not self._timed and not self._unpolled:
@@ -535,10 +646,10 @@ class Supervisor:
             for moment in (child.kill_at, None if child.stop_reason else child.deadline):
                 if moment is not None and (wake_at is None or moment < wake_at):
                     wake_at = moment
-        timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
+        timeout = None if wake_at is None else min(_MAX_POLL_WAIT, wake_at - time.monotonic())
         if self._unpolled:
             timeout = _EXIT_POLL_INTERVAL if timeout is None else min(timeout, _EXIT_POLL_INTERVAL)
-        return timeout
+        return None if timeout is None else max(0.0, timeout)
 
     def _peek_exits_without_pidfd(self) -> None:
         for child in list(self._unpolled.values()):
@@ -559,10 +670,14 @@ class Supervisor:
         self._children.clear()
         self._timed.clear()
         self._unpolled.clear()
-        while self._pending:
-            future = self._pending.popleft().future
-            if future._start_running():  # noqa: SLF001
-                future._resolve(exception=error)  # noqa: SLF001
+        with self._admission:
+            items = [*self._ready, *self._waiting]
+            self._ready.clear()
+            self._waiting.clear()
+            self._started = 0
+        for item in items:
+            item.future._start_running()  # noqa: SLF001 - no-op for a started one
+            item.future._resolve(exception=error)  # noqa: SLF001
 
     def _close(self) -> None:
         with self._wake_lock:

@@ -2,8 +2,14 @@
 
 A frame is ``b"fp"``, one kind byte, the payload length as an unsigned 64-bit
 little-endian integer, then the payload. A child sends any number of ``PROGRESS``
-frames, then its outcome: zero or more ``BUFFER`` (or one ``BYTEARRAY``) frames and
-one ``RESULT`` frame, or one ``RAISED`` frame. The outcome is always last.
+frames, then its outcome: one ``DONE`` frame, zero or more ``BUFFER`` (or one
+``BYTEARRAY``) frames and one ``RESULT`` frame, or ``DONE`` and one ``RAISED``
+frame. The outcome is always last.
+
+``DONE`` carries the moment (``CLOCK_MONOTONIC``, which every process on the machine
+shares) the task finished and its outcome was ready to send. The parent judges a
+timeout by it, not by when it got round to reading: a parent busy elsewhere, or
+stopped altogether, must not turn a task that finished in time into a timeout.
 
 A result is a protocol-5 pickle. Large contiguous buffers in it (a top-level
 ``bytes`` or ``bytearray``, a numpy array at any depth) travel out of band, so that
@@ -72,6 +78,7 @@ class Kind(enum.IntEnum):
     PROGRESS = 3
     BUFFER = 4
     BYTEARRAY = 5
+    DONE = 6
 
 
 # Kind(byte) goes through EnumMeta.__call__; a dict lookup is what the hot path needs.
@@ -79,6 +86,10 @@ _KINDS: Final = {int(kind): kind for kind in Kind}
 # Frames carrying an out-of-band buffer; their payload arrives writable, since it
 # becomes an object's memory.
 BUFFER_KINDS: Final = frozenset({Kind.BUFFER, Kind.BYTEARRAY})
+
+
+# The payload of a DONE frame: when the task finished, in time.monotonic() seconds.
+DONE_STAMP: Final = struct.Struct("<d")
 
 
 class FrameError(Exception):
@@ -93,15 +104,18 @@ class Frame:
     payload: bytes | bytearray | mmap.mmap
 
 
-def write_frame(fd: int, kind: Kind, payload: bytes | memoryview) -> None:
+def write_frame(fd: int, kind: Kind, payload: bytes | memoryview, before: bytes = b"") -> None:
     """Write one frame to a blocking pipe, completing partial writes.
+
+    ``before`` (whole frames) goes out in the same first write, so that a small
+    outcome and its DONE frame wake the reader once.
 
     A large payload is spliced: it must not change until the reader has it, which
     holds for a child's outcome (the child exits next).
     """
     view = memoryview(payload).cast("B")
     size = view.nbytes
-    header = HEADER.pack(MAGIC, kind, size)
+    header = before + HEADER.pack(MAGIC, kind, size)
     if size <= _FIRST_READ:
         _write_all(fd, header + view)
         return
@@ -361,7 +375,7 @@ def encode_result(value: object) -> Outcome:
     buffers: list[memoryview] = []
     try:
         return Outcome(Kind.RESULT, dumps(top, buffers), buffers, buffer_kind)
-    except Exception as exc:  # noqa: BLE001 - report every pickling failure the same way
+    except BaseException as exc:  # noqa: BLE001 - a __reduce__ raising SystemExit fails the same way
         error = ResultNotPicklableError(
             f"the task's result of type {_qualname(type(value))} could not be pickled: "
             f"{type(exc).__name__}: {exc}"
@@ -370,11 +384,13 @@ def encode_result(value: object) -> Outcome:
         return Outcome(Kind.RAISED, encode_exception(error))
 
 
-def send_outcome(fd: int, outcome: Outcome) -> None:
-    """Write an outcome: each out-of-band buffer straight from its memory, then the frame."""
+def send_outcome(fd: int, outcome: Outcome, finished_at: float) -> None:
+    """Write an outcome: DONE, each out-of-band buffer straight from its memory, the frame."""
+    done = HEADER.pack(MAGIC, Kind.DONE, DONE_STAMP.size) + DONE_STAMP.pack(finished_at)
     for buffer in outcome.buffers:
-        write_frame(fd, outcome.buffer_kind, buffer)
-    write_frame(fd, outcome.kind, outcome.payload)
+        write_frame(fd, outcome.buffer_kind, buffer, done)
+        done = b""
+    write_frame(fd, outcome.kind, outcome.payload, done)
 
 
 def encode_exception(exc: BaseException) -> bytes:
@@ -391,7 +407,7 @@ def encode_exception(exc: BaseException) -> bytes:
     type_name = _qualname(type(exc))
     try:
         message = str(exc)
-    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the outcome
+    except BaseException:  # noqa: BLE001 - a broken __str__ must not lose the outcome
         message = f"<unprintable {type_name}>"
     cls = type(exc)
     candidates: tuple[object, ...] = (
@@ -404,7 +420,7 @@ def encode_exception(exc: BaseException) -> bytes:
         try:
             data = dumps(candidate)
             _load_exception(data)
-        except Exception:  # noqa: BLE001, S112 - try the next, simpler form
+        except BaseException:  # noqa: BLE001, S112 - even SystemExit: try the next, simpler form
             continue
         pickled = data
         break
@@ -439,7 +455,7 @@ def decode_result(
     """
     try:
         return pickle.loads(payload, buffers=buffers or ())  # noqa: S301 - bytes from our own child
-    except Exception as exc:
+    except BaseException as exc:
         msg = f"the task's result could not be unpickled in the parent: {type(exc).__name__}: {exc}"
         raise ResultNotPicklableError(msg) from exc
 
@@ -451,7 +467,7 @@ def decode_exception(payload: bytes | bytearray) -> BaseException:
     if pickled is not None:
         try:
             exc = _load_exception(pickled)
-        except Exception:  # noqa: BLE001 - degrade to the stand-in below
+        except BaseException:  # noqa: BLE001 - whatever it raises, degrade to the stand-in below
             exc = None
     if exc is None:
         exc = RemoteTaskError(type_name, message, traceback_text)

@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import pickle
+import re
+import selectors
 import shutil
 import socket
 import subprocess
@@ -14,7 +16,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -28,6 +30,33 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str =
             msg = f"timed out after {timeout}s waiting for {what or predicate}"
             raise AssertionError(msg)
         time.sleep(0.01)
+
+
+class OutputReader:
+    """Reads a child process's pipe with deadlines, keeping everything read so far."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._fd = stream.fileno()
+        self.text = ""
+
+    def wait_for(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """Wait until the output matches ``pattern``; fail after ``timeout`` or at EOF."""
+        # os.read on the descriptor, so no TextIOWrapper buffer hides data from select().
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._fd, selectors.EVENT_READ)
+            while (match := re.search(pattern, self.text, re.MULTILINE)) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    msg = f"no output matching {pattern!r} within {timeout}s: {self.text!r}"
+                    raise AssertionError(msg)
+                if selector.select(remaining):
+                    chunk = os.read(self._fd, 65536)
+                    if not chunk:
+                        msg = f"the output ended before {pattern!r}: {self.text!r}"
+                        raise AssertionError(msg)
+                    self.text += chunk.decode()
+        return match
 
 
 def proc_state(pid: int) -> str | None:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import selectors
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from helpers import is_running, run_script, start_script, wait_for, wait_gone
+from helpers import OutputReader, is_running, run_script, start_script, wait_for, wait_gone
 
 from forkpool import ChildDiedError, ForkPerTaskExecutor, TaskTimeoutError
 
@@ -65,8 +64,13 @@ class Script:
 
     def __init__(self, source: str) -> None:
         self.proc = start_script(source)
-        self.stdout = ""
+        self._reader = OutputReader(self.proc.stdout)
         self.stderr = ""
+
+    @property
+    def stdout(self) -> str:
+        """Everything read from stdout so far."""
+        return self._reader.text
 
     def __enter__(self) -> Self:
         return self
@@ -78,22 +82,7 @@ class Script:
 
     def wait_line(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
         """Wait until stdout holds a line matching ``pattern``; fail after ``timeout``."""
-        # os.read on the descriptor, so no TextIOWrapper buffer hides data from select().
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as selector:
-            selector.register(fd, selectors.EVENT_READ)
-            while (match := re.search(pattern, self.stdout, re.MULTILINE)) is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    pytest.fail(f"no line matching {pattern!r} in {timeout}s: {self.stdout!r}")
-                if selector.select(remaining):
-                    chunk = os.read(fd, 65536)
-                    if not chunk:
-                        _, err = self.proc.communicate(timeout=10)
-                        pytest.fail(f"script ended before {pattern!r}: {self.stdout!r} {err}")
-                    self.stdout += chunk.decode()
-        return match
+        return self._reader.wait_for(pattern, timeout)
 
     def child_pid(self) -> int:
         """The pid a LONG_TASK child announced."""
@@ -103,7 +92,7 @@ class Script:
         """Wait for the script to exit; return its status and how long that took."""
         start = time.monotonic()
         out, self.stderr = self.proc.communicate(timeout=timeout)
-        self.stdout += out
+        self._reader.text += out
         return self.proc.returncode, time.monotonic() - start
 
 
@@ -189,6 +178,51 @@ class TestStdio:
             """
         ) as script:
             assert script.wait_line(r"^child-pid \d+$", timeout=5)
+
+    def test_stalled_stdout_and_a_blocked_printer_stall_no_fork(self):
+        """With stdout a pipe nobody reads and a thread stuck printing, tasks run and time out."""
+        # Buffered (not ``-u``, not PYTHONUNBUFFERED): the stalled stream has a lock.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        script = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent("""
+            import select, sys, threading, time
+            import forkpool
+
+            # A thread prints more than the pipe holds: it blocks, holding the
+            # stream's buffer lock, since nobody reads.
+            threading.Thread(target=print, args=("x" * 1_000_000,), daemon=True).start()
+            deadline = time.monotonic() + 10
+            while select.select([], [1], [], 0)[1] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            sys.stderr.write("stalled\\n")
+            sys.stderr.flush()
+            ex = forkpool.ForkPerTaskExecutor(2)
+            sys.stderr.write(f"result {ex.submit(pow, 2, 10).result()}\\n")
+            sleeper = forkpool.options(timeout=0.5)(time.sleep)
+            sys.stderr.write(f"timeout {type(ex.submit(sleeper, 30).exception()).__name__}\\n")
+            sys.stderr.flush()
+            time.sleep(60)
+            """),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            env=env,
+        )
+        try:
+            stderr = OutputReader(script.stderr)
+            stderr.wait_for(r"^stalled$")
+            stderr.wait_for(r"^result 1024$")
+            stderr.wait_for(r"^timeout TaskTimeoutError$")
+        finally:
+            script.kill()
+            script.wait()
+            script.stdout.close()
+            script.stderr.close()
 
 
 class TestAtexit:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pickle
+import time
 
 import pytest
+from helpers import wait_for, wait_gone
 
 import forkpool
+from forkpool import ForkPerTaskExecutor
 from forkpool._options import UNSET, TaskOptions, options_of, unwrap
 
 
@@ -62,3 +65,54 @@ class TestOptions:
         """Wrapping a non-callable is a TypeError."""
         with pytest.raises(TypeError, match="must wrap a callable, got int"):
             forkpool.options(timeout=1)(5)  # type: ignore[arg-type]
+
+
+THIRTY_DAYS = 30 * 86400
+
+
+def _nap(seconds: float) -> str:
+    time.sleep(seconds)
+    return "napped"
+
+
+class TestHugeSettings:
+    def test_thirty_day_timeout_and_grace(self):
+        """A 30-day timeout and kill grace work: results arrive, cancel still stops a task."""
+        with ForkPerTaskExecutor(2, timeout=THIRTY_DAYS, kill_grace=THIRTY_DAYS) as ex:
+            assert ex.submit(pow, 2, 3).result(timeout=10) == 8
+            running = ex.submit(_nap, 60)
+            wait_for(lambda: running.pid is not None, 10, "the fork")
+            assert running.cancel()
+            wait_gone(running.pid, timeout=10)
+
+    @pytest.mark.parametrize("timeout", [1e9, THIRTY_DAYS])
+    def test_huge_per_callable_timeout(self, timeout):
+        """options(timeout=...) of decades works."""
+        with ForkPerTaskExecutor(1) as ex:
+            napper = forkpool.options(timeout=timeout)(_nap)
+            assert ex.submit(napper, 0.1).result(timeout=10) == "napped"
+
+    def test_huge_memory_limit(self):
+        """A memory limit of 4 EiB is no limit at all, and no error."""
+        with ForkPerTaskExecutor(1, memory_limit=2**62) as ex:
+            assert len(ex.submit(bytearray, 1 << 20).result(timeout=10)) == 1 << 20
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {"timeout": 1e300},
+            {"kill_grace": 1e300},
+            {"reap_interval": 1e300},
+            {"ttl": 1e300},
+            {"memory_limit": 2**80},
+        ],
+        ids=lambda kwargs: next(iter(kwargs)),
+    )
+    def test_out_of_range_is_a_value_error_at_the_call(self, kwargs):
+        """Settings past what the platform can wait for or cap are ValueErrors, named."""
+        name = next(iter(kwargs))
+        with pytest.raises(ValueError, match=f"{name} must be at most"):
+            ForkPerTaskExecutor(**kwargs)
+        if name != "reap_interval":
+            with pytest.raises(ValueError, match=f"{name} must be at most"):
+                forkpool.options(**kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 from typing import TYPE_CHECKING
+from unittest import mock
 
 import pytest
 import redis
@@ -154,6 +156,72 @@ class TestEntries:
         ex.shutdown(wait=True)
         assert all(isinstance(f.exception(timeout=10), ChildDiedError) for f in futures)
         assert _entries(client, prefix) == {}
+
+
+class _Proxy:
+    """A lazy proxy: every attribute it lacks raises, as werkzeug's LocalProxy does."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __getattr__(self, name: str) -> object:
+        msg = f"working outside of the proxy's context (looked up {name})"
+        raise RuntimeError(msg)
+
+    def __call__(self) -> str:
+        return _sleep_until_exists(self.path, 10)
+
+
+class _CallableInstance:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self) -> str:
+        return _sleep_until_exists(self.path, 10)
+
+
+class _Point:
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+
+class TestAnyCallable:
+    def test_every_kind_of_callable_runs_and_is_named(self, redis_url, client, prefix, tmp_path):
+        """Naming a task for Redis never fails it: proxies, instances, classes, mocks."""
+        release = tmp_path / "release"
+        waiting = {
+            "proxy": (_Proxy(release), ()),
+            "instance": (_CallableInstance(release), ()),
+            "mock": (mock.Mock(side_effect=lambda: _sleep_until_exists(release, 10)), ()),
+            "partial": (functools.partial(_sleep_until_exists, release), (10,)),
+        }
+        quick = {
+            "class": (_Point, (3,)),
+            "builtin": (len, ("four",)),
+            "bare mock": (mock.Mock(return_value=7), ()),
+        }
+        with ForkPerTaskExecutor(
+            len(waiting), redis=redis_url, key_prefix=prefix, host=HOST, **FAST
+        ) as ex:
+            futures = {kind: ex.submit(fn, *args) for kind, (fn, args) in waiting.items()}
+            wait_for(lambda: len(_entries(client, prefix)) == len(waiting), 5, "the entries")
+            names = sorted(entry["name"] for entry in _entries(client, prefix).values())
+            release.touch()
+            results = {kind: future.result(timeout=10) for kind, future in futures.items()}
+            for kind, (fn, args) in quick.items():
+                results[kind] = ex.submit(fn, *args).result(timeout=10)
+        assert {k: v for k, v in results.items() if k in waiting} == dict.fromkeys(waiting, "slept")
+        assert results["class"].x == 3
+        assert results["builtin"] == 4
+        assert results["bare mock"] == 7
+        assert names == sorted(
+            [
+                f"{__name__}._Proxy",
+                f"{__name__}._CallableInstance",
+                "unittest.mock.Mock",
+                f"{__name__}._sleep_until_exists",
+            ]
+        )
 
 
 class TestConfiguration:

@@ -40,6 +40,7 @@ import contextlib
 import logging
 import os
 import pickle
+import platform
 import select
 import signal
 import threading
@@ -157,6 +158,7 @@ class Supervisor:
         self._shutting_down = False
         self._abandoned = False
         self._abandon_handled = False
+        self._warned_refused = False
         self.failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="forkpool-supervisor", daemon=True)
 
@@ -295,16 +297,18 @@ class Supervisor:
                     self._stop(child, command.reason, command.signum)
 
     def _dispatch(self) -> None:
-        if not self._ready:
-            return
-        with self._admission:
-            items = list(self._ready)
-            self._ready.clear()
-        for item in items:
-            if item.future.cancelled():  # between submit() and now
-                self._release_slot()
-            else:
-                self._launch(item)
+        # Until none is left: a task that is never forked hands its slot on at once.
+        while self._ready:
+            with self._admission:
+                items = list(self._ready)
+                self._ready.clear()
+            for item in items:
+                if self._abandoned:
+                    item.future._cancel(contain=True)  # noqa: SLF001 - see abandon()
+                if item.future.cancelled():  # between submit() and now
+                    self._release_slot()
+                else:
+                    self._launch(item)
 
     def _release_slot(self) -> None:
         """A started task is over (or never forked): hand its slot to the next waiting."""
@@ -347,10 +351,13 @@ class Supervisor:
         )
         try:
             pid = self._forker.fork(task, read_fd, write_fd, self._parent_fds(read_fd))
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             os.close(read_fd)
             os.close(write_fd)
-            self._fail_launch(future, _with_context(exc, "fork failed"))
+            if isinstance(exc, OSError):
+                self._fail_launch(future, _with_context(exc, "fork failed"))
+            else:
+                self._fail_launch(future, self._refused_at_exit(exc))
             return
         finally:
             del task
@@ -444,6 +451,22 @@ class Supervisor:
             self._close_pipe(child)
             return False
         return True
+
+    def _refused_at_exit(self, exc: RuntimeError) -> ForkPoolError:
+        """os.fork() refused: the interpreter is exiting (3.12.0-3.12.2 refuse it at once)."""
+        if not self._warned_refused:
+            self._warned_refused = True
+            logger.warning(
+                "forkpool cannot start the tasks still queued: %s (Python %s refuses fork() "
+                "once the interpreter begins to exit; 3.12.3 and later allow it). Tasks "
+                "already running are waited for; call shutdown(wait=True) before the "
+                "program ends to run the rest",
+                exc,
+                platform.python_version(),
+            )
+        error = ForkPoolError(f"the task could not be started: {exc}")
+        error.__cause__ = exc
+        return error
 
     def _take(self, child: Child, frame: _wire.Frame) -> bool:
         kind = frame.kind

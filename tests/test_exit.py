@@ -6,16 +6,26 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import pytest
 from helpers import OutputReader, is_running, run_script, start_script, wait_for, wait_gone
 
 from forkpool import ForkPerTaskExecutor
 
+# Python 3.12.0-3.12.2 refuse fork() from the moment the interpreter begins to exit
+# (gh-104690; 3.12.3 relaxed it, gh-113964): queued tasks cannot start then.
+EXIT_REFUSES_FORK = (3, 12, 0) <= sys.version_info[:3] < (3, 12, 3)
+needs_fork_at_exit = pytest.mark.skipif(
+    EXIT_REFUSES_FORK, reason="this Python refuses fork() during interpreter exit"
+)
+
 
 class TestInterpreterExit:
+    @needs_fork_at_exit
     def test_work_survives_shutdown_without_wait(self):
         """After shutdown(wait=False), the exit hook waits for the running task."""
         done = run_script(
@@ -39,6 +49,48 @@ class TestInterpreterExit:
         assert message == "apple"
         assert not is_running(int(child))
 
+    def test_running_work_survives_shutdown_without_wait(self):
+        """A task forked before shutdown(wait=False) finishes before exit, on every Python."""
+        done = run_script(
+            """
+            import time
+            from forkpool import ForkPerTaskExecutor
+
+            ex = ForkPerTaskExecutor(1)
+            future = ex.submit(lambda: (time.sleep(0.5), print("apple", flush=True)))
+            while future.pid is None:
+                time.sleep(0.01)
+            ex.shutdown(wait=False)
+            """
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == ""
+        assert done.stdout.strip() == "apple"
+
+    @pytest.mark.skipif(not EXIT_REFUSES_FORK, reason="this Python forks during exit")
+    def test_queued_work_this_python_cannot_fork_at_exit_is_reported(self):
+        """Where exit refuses fork(), queued tasks fail with one clear warning, no crash."""
+        done = run_script(
+            """
+            import logging, time
+            from forkpool import ForkPerTaskExecutor
+
+            logging.basicConfig(level=logging.WARNING)
+            ex = ForkPerTaskExecutor(1)
+            running = ex.submit(lambda: (time.sleep(0.5), print("ran", flush=True)))
+            while running.pid is None:
+                time.sleep(0.01)
+            for n in range(3):
+                ex.submit(print, n, flush=True)
+            ex.shutdown(wait=False)
+            """
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["ran"]
+        assert done.stderr.count("forkpool cannot start the tasks still queued") == 1
+        assert "supervisor failed" not in done.stderr
+
+    @needs_fork_at_exit
     def test_queued_work_survives_shutdown_without_wait(self):
         """Tasks still queued at shutdown(wait=False) run before the interpreter exits."""
         done = run_script(
@@ -67,7 +119,9 @@ class TestInterpreterExit:
                 time.sleep(60)
 
             ex = ForkPerTaskExecutor(1)
-            ex.submit(nap)
+            future = ex.submit(nap)
+            while future.pid is None:  # forked before exit begins, on every Python
+                time.sleep(0.01)
             ex.shutdown(wait=False)
             os.write(1, b"exiting\\n")
             """

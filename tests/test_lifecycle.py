@@ -267,6 +267,20 @@ class TestHooks:
             assert failed.pid is None
             assert ex.submit(pow, 2, 2).result(timeout=10) == 4
 
+    def test_tasks_that_never_fork_hand_their_slot_on(self):
+        """Tasks whose launch fails after a reap still let every later task run."""
+
+        def pre(fn, args, kwargs):
+            if args[1] in {2, 3}:
+                raise LookupError("no connection to release")
+
+        with ForkPerTaskExecutor(1, parent_pre_fork=pre) as ex:
+            # 2 and 3 get the slot only when 1 is reaped: no submit wakes the supervisor.
+            futures = [ex.submit(_sleep_and_return, 0.3, n) for n in (1, 2, 3, 4)]
+            assert futures[3].result(timeout=10) == 4
+        assert futures[0].result() == 1
+        assert [type(f.exception()) for f in futures[1:3]] == [LookupError, LookupError]
+
     def test_failing_post_fork_hook_kills_the_child(self):
         """A raising parent_post_fork fails its task and kills the forked child."""
         with ForkPerTaskExecutor(

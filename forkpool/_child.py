@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import enum
 import os
+import signal
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from forkpool import _wire
+from forkpool import _kill_marks, _wire
 from forkpool._errors import ChildDiedError, TaskTimeoutError
 
 if TYPE_CHECKING:
@@ -29,15 +30,16 @@ if TYPE_CHECKING:
 
 
 class StopReason(enum.Enum):
-    """Why the supervisor stopped a child before it finished by itself."""
+    """Why the supervisor stopped a child before it finished by itself (who did it)."""
 
-    TIMEOUT = "its timeout expired"
-    CANCELLED = "its future was cancelled"
-    TERMINATED = "stopped by terminate_workers() or kill_workers()"
-    INTERRUPTED = "stopped after a KeyboardInterrupt in the parent"
-    ABANDONED = "its executor was garbage-collected without shutdown()"
-    HOOK_FAILED = "parent_post_fork raised"
-    CORRUPT = "it sent a corrupt result stream"
+    TIMEOUT = "its timeout"
+    CANCELLED = "cancel()"
+    TERMINATED = "terminate_workers()"
+    KILLED = "kill_workers()"
+    INTERRUPTED = "a KeyboardInterrupt in the parent"
+    ABANDONED = "its executor, garbage-collected without shutdown()"
+    HOOK_FAILED = "parent_post_fork raising"
+    CORRUPT = "forkpool, for a corrupt result stream"
 
 
 @attrs.define(eq=False)
@@ -94,15 +96,30 @@ def settle(child: Child, exitcode: int | None, signum: int | None) -> None:
         timeout = child.options.timeout or 0.0
         future._resolve(exception=TaskTimeoutError(child.pid, timeout))  # noqa: SLF001
         return
-    detail = "" if reason is None else reason.value
-    if reason is StopReason.CORRUPT and child.stop_error is not None:
-        detail = f"{detail} ({child.stop_error})"
-    elif reason is None and (child.reader.mid_frame or child.buffers):
+    stopped_by = _stopped_by(child, signum)
+    detail = ""
+    if stopped_by:
+        pass  # who stopped it says it all
+    elif child.reader.mid_frame or child.buffers:
         detail = "its result was cut short"
     elif exitcode is None and signum is None:
         detail = "something else in this process reaped it (is SIGCHLD ignored?)"
-    error = ChildDiedError(child.pid, exitcode, signum, detail, future.rusage)
+    error = ChildDiedError(
+        child.pid, exitcode, signum, detail, future.rusage, stopped_by=stopped_by
+    )
     future._resolve(exception=error)  # noqa: SLF001
+
+
+def _stopped_by(child: Child, signum: int | None) -> str:
+    """Who stopped the child, if forkpool knows: it did, or ``kill_all`` left word."""
+    reason = child.stop_reason
+    if reason is StopReason.CORRUPT and child.stop_error is not None:
+        return f"{reason.value} ({child.stop_error})"
+    if reason is not None:
+        return reason.value
+    if signum == signal.SIGKILL and child.task_id is not None:
+        return _kill_marks.take(child.task_id)
+    return ""
 
 
 def _outcome_stands(child: Child) -> bool:

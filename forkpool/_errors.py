@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import signal as _signal
 import sys
 from concurrent.futures.process import BrokenProcessPool
@@ -72,6 +73,9 @@ class ChildDiedError(ForkPoolError, BrokenProcessPool):
         pid: The child's process id.
         exitcode: Its exit status when it exited normally, else None.
         signal: The number of the signal that killed it, else None.
+        detail: What else is known of its end, if anything.
+        stopped_by: Who stopped it, when forkpool knows (``"kill_workers()"``,
+            ``"forkpool.kill_all() in process 4242"``); else empty.
         rusage: What the child used (peak RSS, CPU, wall time), when known.
     """
 
@@ -82,18 +86,24 @@ class ChildDiedError(ForkPoolError, BrokenProcessPool):
         signal: int | None,
         detail: str = "",
         rusage: ResourceUsage | None = None,
+        *,
+        stopped_by: str = "",
     ) -> None:
-        super().__init__(_describe_death(pid, exitcode, signal, detail, rusage))
+        super().__init__(
+            _describe_death(pid, exitcode, signal, detail, rusage, stopped_by=stopped_by)
+        )
         self.pid = pid
         self.exitcode = exitcode
         self.signal = signal
         self.detail = detail
+        self.stopped_by = stopped_by
         self.rusage = rusage
 
-    def __reduce__(
-        self,
-    ) -> tuple[type[ChildDiedError], tuple[int, int | None, int | None, str, ResourceUsage | None]]:
-        return (type(self), (self.pid, self.exitcode, self.signal, self.detail, self.rusage))
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            functools.partial(type(self), stopped_by=self.stopped_by),
+            (self.pid, self.exitcode, self.signal, self.detail, self.rusage),
+        )
 
 
 def _describe_death(
@@ -102,10 +112,15 @@ def _describe_death(
     signum: int | None,
     detail: str,
     rusage: ResourceUsage | None,
+    *,
+    stopped_by: str,
 ) -> str:
+    if stopped_by:
+        detail = f"stopped by {stopped_by}" + (f"; {detail}" if detail else "")
     if signum is not None:
         name = signal_name(signum)
-        hint = _SIGNAL_HINTS.get(signum)
+        # Guesses at the sender are for deaths nobody owned up to.
+        hint = None if stopped_by else _SIGNAL_HINTS.get(signum)
         message = f"child {pid} was killed by {name}" + (f" ({hint})" if hint else "")
         if rusage is not None:
             message += f" with {format_bytes(rusage.max_rss_bytes)} peak RSS"

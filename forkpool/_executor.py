@@ -302,14 +302,14 @@ class ForkPerTaskExecutor(Executor):
         naming the signal. A child still alive after ``kill_grace`` gets SIGKILL.
         Does not wait; call ``shutdown()`` to wait for the children to be reaped.
         """
-        self._stop_workers(signal.SIGTERM)
+        self._stop_workers(signal.SIGTERM, StopReason.TERMINATED)
 
     def kill_workers(self) -> None:
         """Send SIGKILL to every running child's process group, then shut down.
 
         Like :meth:`terminate_workers`, without the grace period.
         """
-        self._stop_workers(signal.SIGKILL)
+        self._stop_workers(signal.SIGKILL, StopReason.KILLED)
 
     def __enter__(self) -> Self:
         return self
@@ -349,8 +349,8 @@ class ForkPerTaskExecutor(Executor):
             )
             raise RuntimeError(msg)
 
-    def _stop_workers(self, signum: int) -> None:
-        self._runtime.stop_all(signum, StopReason.TERMINATED)
+    def _stop_workers(self, signum: int, reason: StopReason) -> None:
+        self._runtime.stop_all(signum, reason)
         self.shutdown(wait=False)
 
 

@@ -32,7 +32,7 @@ from typing import Final, cast
 import attrs
 import redis
 
-from forkpool import _linux, _procfs
+from forkpool import _kill_marks, _linux, _procfs
 from forkpool._entry import Keys, MalformedEntryError, TaskEntry
 from forkpool._procfs import LocalFacts
 from forkpool._redis import client_from_url
@@ -366,7 +366,7 @@ def kill_all(
 
     Each child (and each process of its group that carries the task's marker) is
     verified on the local kernel, then sent SIGKILL. The futures of the owning
-    executors fail with :class:`ChildDiedError` naming SIGKILL.
+    executors fail with :class:`ChildDiedError` saying who stopped them.
 
     Args:
         redis: A ``redis.Redis`` client or a Redis URL.
@@ -379,17 +379,28 @@ def kill_all(
         How many tracked children were stopped.
     """
     client = client_from_url(redis) if isinstance(redis, str) else redis
-    keys = Keys(key_prefix, default_host() if host is None else host)
+    try:
+        keys = Keys(key_prefix, default_host() if host is None else host)
+        return stop_tracked_children(client, keys, f"forkpool.kill_all() in process {os.getpid()}")
+    finally:
+        if isinstance(redis, str):
+            client.close()
+
+
+def stop_tracked_children(client: redis.Redis, keys: Keys, stopped_by: str) -> int:
+    """``kill_all`` for one host's keys; ``stopped_by`` is the word left for the owners."""
     facts = LocalFacts.current()
     entries = read_entries(client, keys)
     stopped = 0
     for entry, _lease in entries.valid.values():
         if not same_context(entry, facts):
             continue
+        # Before the signal: the owner settles the future as soon as it sees the death.
+        marked = parent_alive(entry) and _kill_marks.leave(entry.task_id, stopped_by)
         child_found, handles = task_processes(entry, facts)
+        if marked and not child_found:
+            _kill_marks.withdraw(entry.task_id)
         Stopper(grace=0).stop(handles, signal.SIGKILL)
         stopped += int(child_found)
     delete_entries(client, keys, [*entries.valid, *entries.malformed])
-    if isinstance(redis, str):
-        client.close()
     return stopped

@@ -189,13 +189,16 @@ class Supervisor:
         self._commands.append(_StopAll(signum, reason))
         self.wake()
 
-    def cancel_pending(self, *, started_too: bool = False) -> None:
-        """Cancel the tasks still waiting for a slot (and, if asked, those not forked yet)."""
+    def cancel_pending(self, *, started_too: bool = False, contain: bool = False) -> None:
+        """Cancel the tasks still waiting for a slot (and, if asked, those not forked yet).
+
+        ``contain``: no done-callback's exception escapes (forkpool's own threads, and
+        a finalizer).
+        """
         with self._admission:
             items = [*self._waiting, *(self._ready if started_too else ())]
             self._waiting.clear()
         # A started one stays in _ready: this thread sees it cancelled and frees its slot.
-        contain = threading.current_thread() is self._thread
         for item in items:
             item.future._cancel(contain=contain)  # noqa: SLF001
 
@@ -205,9 +208,14 @@ class Supervisor:
         self.wake()
 
     def abandon(self) -> int:
-        """The executor was dropped without shutdown: stop everything; return how many ran."""
+        """The executor was dropped without shutdown: stop everything; return how many ran.
+
+        What has not been forked is cancelled here and now, not when this thread
+        gets to it: such a task always ends cancelled, never forked and then killed.
+        """
         running = len(self._children)
         self._abandoned = True
+        self.cancel_pending(started_too=True, contain=True)
         self.wake()
         return running
 
@@ -280,7 +288,6 @@ class Supervisor:
     def _run_commands(self) -> None:
         if self._abandoned and not self._abandon_handled:
             self._abandon_handled = True
-            self.cancel_pending(started_too=True)
             for child in list(self._children.values()):
                 self._stop(child, StopReason.ABANDONED, signal.SIGTERM)
         while self._commands:

@@ -198,7 +198,9 @@ class TestStopWorkers:
             with pytest.raises(ChildDiedError) as info:
                 future.result(timeout=10)
             assert info.value.signal == signum
-            assert "terminate_workers() or kill_workers()" in str(info.value)
+            assert info.value.stopped_by == f"{method}()"
+            assert f"stopped by {method}()" in str(info.value)
+            assert "OOM" not in str(info.value)
         assert queued.cancelled()
         with pytest.raises(RuntimeError):
             ex.submit(_sleep_and_return, 0)
@@ -217,6 +219,22 @@ class TestAbandoned:
         with pytest.raises(ChildDiedError, match="garbage-collected"):
             future.result(timeout=15)
         wait_gone(future.pid)
+
+    def test_a_dropped_executors_queued_tasks_always_end_cancelled(self):
+        """Dropped without shutdown: running tasks fail naming why, queued ones are cancelled."""
+        for _ in range(10):
+            ex = ForkPerTaskExecutor(1)
+            running = ex.submit(_sleep_and_return, 60)
+            queued = [ex.submit(_sleep_and_return, 0) for _ in range(5)]
+            wait_for(lambda r=running: r.pid is not None, 10, "the fork")
+            with pytest.warns(ResourceWarning, match="without shutdown"):
+                del ex
+            gc.collect()
+            error = running.exception(timeout=15)
+            assert isinstance(error, ChildDiedError)
+            assert "its executor, garbage-collected without shutdown()" in str(error)
+            assert [f.cancelled() for f in queued] == [True] * 5
+            wait_gone(running.pid)
 
 
 class TestHooks:

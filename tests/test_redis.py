@@ -612,8 +612,10 @@ class TestKillAll:
             wait_for(lambda: len(_entries(client, prefix)) == 2, 5, "both entries")
             assert kill_all(client, host=HOST, key_prefix=prefix) == 2
             for future in futures:
-                with pytest.raises(ChildDiedError, match="SIGKILL"):
+                with pytest.raises(ChildDiedError, match="SIGKILL") as info:
                     future.result(timeout=10)
+                assert info.value.stopped_by == f"forkpool.kill_all() in process {os.getpid()}"
+                assert "OOM" not in str(info.value)
             assert _entries(client, prefix) == {}
             assert ex.submit(pow, 2, 2).result(timeout=10) == 4
 

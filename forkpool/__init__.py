@@ -13,6 +13,7 @@ from forkpool._options import options
 from forkpool._progress import report_progress
 from forkpool._reaper import kill_all
 from forkpool._usage import ResourceUsage
+from forkpool._version import __version__
 
 __all__ = [
     "ChildDiedError",
@@ -23,6 +24,7 @@ __all__ = [
     "ResourceUsage",
     "ResultNotPicklableError",
     "TaskTimeoutError",
+    "__version__",
     "kill_all",
     "options",
     "report_progress",

@@ -36,6 +36,7 @@ from forkpool import _procfs
 from forkpool._entry import MalformedEntryError, TaskEntry
 from forkpool._fork import block_signals_in_this_thread
 from forkpool._reaper import Reaper, Stopper
+from forkpool._redis import describe_failure
 
 if TYPE_CHECKING:
     from forkpool._redis import RedisSource
@@ -289,17 +290,10 @@ class Bookkeeper:
         self._retry_at = time.monotonic() + min(self._reap_interval, _RETRY_PAUSE)
         if self._outage_since is None:
             self._outage_since = time.monotonic()
-            trouble = (
-                "is unreachable"
-                if isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
-                else "answers with errors"
-            )
             logger.warning(
-                "Redis at %s %s (%s); tasks keep running, but forkpool's bookkeeping "
-                "is degraded until it is back",
-                self._source.description,
-                trouble,
-                exc,
+                "%s; tasks keep running, but forkpool's bookkeeping is degraded until "
+                "that is fixed",
+                describe_failure(exc, self._source.description),
             )
 
     def _recovered(self, written: int, removed: int) -> None:

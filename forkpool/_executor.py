@@ -523,8 +523,9 @@ def _check_ttl(ttl: object, reap_interval: float) -> float:
     seconds = check_positive(ttl, "ttl")
     if seconds <= 2 * reap_interval:
         msg = (
-            f"ttl ({seconds:g}s) must be greater than 2 * reap_interval "
-            f"({reap_interval:g}s): leases are renewed once per reap_interval"
+            f"ttl ({seconds:g}s) must be greater than twice reap_interval "
+            f"(2 x {reap_interval:g}s = {2 * reap_interval:g}s): leases are renewed "
+            "once per reap_interval"
         )
         raise ValueError(msg)
     return seconds
@@ -556,11 +557,18 @@ def _check_mp_context(mp_context: object) -> None:
     if mp_context is None:
         return
     get_start_method = getattr(mp_context, "get_start_method", None)
-    method = get_start_method(allow_none=False) if callable(get_start_method) else None
+    if not callable(get_start_method):
+        msg = (
+            "mp_context must be None or a multiprocessing context that forks "
+            f"(multiprocessing.get_context('fork')); got {mp_context!r}, which is not "
+            "a context: every task is forked from this process anyway"
+        )
+        raise TypeError(msg)
+    method = get_start_method(allow_none=False)
     if method != "fork":
         msg = (
             "mp_context must be None or a 'fork' context: every task is forked from "
-            f"the parent; got {mp_context!r} (start method {method!r})"
+            f"this process; got a context whose start method is {method!r}"
         )
         raise ValueError(msg)
 

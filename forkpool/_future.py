@@ -23,6 +23,15 @@ logger = logging.getLogger("forkpool")
 
 T = TypeVar("T")
 
+# As Future's own repr names its states: a cancelled future is "cancelled".
+_STATE_NAMES = {
+    PENDING: "pending",
+    RUNNING: "running",
+    CANCELLED: "cancelled",
+    CANCELLED_AND_NOTIFIED: "cancelled",
+    FINISHED: "finished",
+}
+
 
 class ForkFuture(Future[T]):
     """The result of one task that runs in its own forked child.
@@ -96,9 +105,19 @@ class ForkFuture(Future[T]):
         # CPython's own executors do: a subclass has no other way to add a state
         # transition, and they have been stable from 3.8 through 3.13.
         with self._condition:
-            state = self._state
+            state, error, result = self._state, self._exception, self._result
+        outcome = ""
+        if state == FINISHED:
+            outcome = (
+                f" raised {type(error).__name__}"
+                if error is not None
+                else f" returned {type(result).__name__}"
+            )
         where = f" pid={self.pid}" if self.pid is not None else ""
-        return f"<{type(self).__name__} at {id(self):#x} state={state.lower()}{where}>"
+        return (
+            f"<{type(self).__name__} at {id(self):#x} "
+            f"state={_STATE_NAMES.get(state, state.lower())}{outcome}{where}>"
+        )
 
     def cancel(self) -> bool:
         """Cancel the task; if it is already running, stop its child.

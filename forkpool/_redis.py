@@ -83,6 +83,29 @@ def client_from_url(url: str, *, reap_interval: float = 30.0) -> redis.Redis:
         raise ValueError(msg) from None
 
 
+def describe_failure(exc: redis.RedisError, where: str) -> str:
+    """One line saying what went wrong with the Redis at ``where``, for people.
+
+    Credentials refused are not "unreachable": a server that answers with an auth
+    error is reachable, and the fix is in the URL, not the network.
+    """
+    if isinstance(exc, redis.AuthenticationError):
+        text = str(exc)
+        if "HELLO must be called" in text or "NOAUTH" in text or "Authentication required" in text:
+            return (
+                f"Redis at {where} requires a password and none was given: put it in "
+                "the URL (redis://:PASSWORD@host:port/db, or redis://USER:PASSWORD@...)"
+            )
+        return f"Redis at {where} refused the credentials in the URL ({_first_sentence(text)})"
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return f"cannot reach Redis at {where}: {exc}"
+    return f"Redis at {where} answers with errors ({exc})"
+
+
+def _first_sentence(text: str) -> str:
+    return text.strip().split(". ")[0].rstrip(".")
+
+
 def redact(url: str) -> str:
     """The URL without its password, fit for logs and error messages."""
     parts = urllib.parse.urlsplit(url)

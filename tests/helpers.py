@@ -164,8 +164,9 @@ class OwnServer:
     availability check would trip over the killed server's TIME_WAIT sockets.
     """
 
-    def __init__(self, *, persistent: bool = False) -> None:
+    def __init__(self, *, persistent: bool = False, extra_args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
+        self._extra_args = extra_args
         self._process: subprocess.Popen[bytes] | None = None
         # A persistent server keeps its data across kills (an fsync'd append-only
         # file), as a production Redis would; the default restarts empty.
@@ -192,6 +193,7 @@ class OwnServer:
                     if self._data_dir
                     else ["--appendonly", "no"]
                 ),
+                *self._extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -199,11 +201,11 @@ class OwnServer:
         wait_for(self.answers, 10, f"Valkey on port {self.port}")
 
     def answers(self) -> bool:
-        """The server replies to PING."""
+        """The server replies to PING (or asks for a password first)."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
                 conn.sendall(b"PING\r\n")
-                return conn.recv(16).startswith(b"+PONG")
+                return conn.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 

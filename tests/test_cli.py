@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-from helpers import free_port, orphan_script, read_pids, start_script, wait_for, wait_gone
+from helpers import (
+    OwnServer,
+    children,
+    free_port,
+    orphan_script,
+    read_pids,
+    start_script,
+    wait_for,
+    wait_gone,
+)
 
+import forkpool
 from forkpool import ForkPerTaskExecutor
+from forkpool._cli import plural
 from forkpool._entry import Keys
 
 pytestmark = pytest.mark.redis
@@ -124,12 +138,26 @@ class TestPs:
 
     @pytest.mark.usefixtures("busy")
     def test_unknown_host(self, redis_url, prefix):
-        """ps for a host nobody registered is an error naming the known hosts."""
+        """ps for a host nobody registered lists nothing, and hints at the known hosts."""
         result = forkpool_cli("ps", "--redis", redis_url, "--prefix", prefix, "--host", "nope")
-        assert result.returncode == 2
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "no tracked children on nope"
         assert result.stderr.strip() == (
-            f"forkpool: error: unknown host 'nope' under prefix '{prefix}' (known hosts: {HOST})"
+            f"forkpool: host 'nope' has not been seen under prefix '{prefix}'; known hosts: {HOST}"
         )
+
+    def test_nothing_tracked_yet(self, own_server):
+        """On a Redis no executor has used, ps prints an empty table and --json prints []."""
+        text = forkpool_cli("ps", "--redis", own_server.url, "--host", HOST)
+        assert text.returncode == 0, text.stderr
+        assert text.stdout.strip() == f"no tracked children on {HOST}"
+        assert text.stderr == ""
+        as_json = forkpool_cli("ps", "--json", "--redis", own_server.url, "--host", HOST)
+        assert as_json.returncode == 0, as_json.stderr
+        assert json.loads(as_json.stdout) == []
+        every_host = forkpool_cli("ps", "--json", "--all-hosts", "--redis", own_server.url)
+        assert every_host.returncode == 0, every_host.stderr
+        assert json.loads(every_host.stdout) == []
 
 
 class TestErrors:
@@ -165,6 +193,28 @@ class TestErrors:
         assert result.stderr.startswith(f"forkpool: error: cannot reach Redis at {url}")
         assert len(result.stderr.strip().splitlines()) == 1
 
+    @pytest.mark.parametrize("password", ["wrong", None], ids=["wrong-password", "no-password"])
+    def test_credentials_refused(self, password):
+        """Auth failures say the credentials are the problem, not reachability."""
+        server = OwnServer(extra_args=("--requirepass", "right"))
+        server.start()
+        try:
+            url = server.url.replace(
+                "redis://", f"redis://:{password}@" if password else "redis://"
+            )
+            result = forkpool_cli("ps", "--redis", url)
+        finally:
+            server.stop()
+        assert result.returncode == 2
+        assert "cannot reach" not in result.stderr
+        assert "HELLO" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        if password:
+            assert "refused the credentials in the URL" in result.stderr
+            assert "wrong" not in result.stderr
+        else:
+            assert "requires a password and none was given" in result.stderr
+
     def test_usage_error(self):
         """A missing command is argparse's usage error."""
         result = forkpool_cli()
@@ -187,7 +237,7 @@ class TestReapAndKillAll:
             )
             assert result.returncode == 0, result.stderr
             assert f"(pid {pids['child']}, __main__.task): parent gone" in result.stdout
-            assert "stopped 1 orphaned descendant process(es)" in result.stdout
+            assert "stopped 1 orphaned descendant" in result.stdout
             wait_gone(pids["child"])
             wait_gone(pids["grandchild"])
         finally:
@@ -245,9 +295,12 @@ class TestReapAndKillAll:
             "kill-all", "--yes", "--redis", redis_url, "--prefix", prefix, "--host", HOST
         )
         assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == f"stopped 2 tracked child(ren) on {HOST}"
+        assert result.stdout.strip() == f"stopped 2 tracked children on {HOST}"
         for future in busy:
-            assert "SIGKILL" in str(future.exception(timeout=10))
+            error = future.exception(timeout=10)
+            assert "SIGKILL" in str(error)
+            assert "stopped by `forkpool kill-all` in process" in str(error)
+            assert "OOM" not in str(error)
 
 
 def test_demo_runs_with_an_embedded_server():
@@ -262,10 +315,80 @@ def test_demo_runs_with_an_embedded_server():
         env=env,
     )
     assert result.returncode == 0, result.stderr
-    assert "children tracked in Redis right now" in result.stdout
+    assert result.stdout.startswith("forkpool demo: 3 tasks, each building")
+    assert "children tracked in Redis right now (forkpool ps --redis redis://" in result.stdout
+    assert "--prefix forkpool --host " in result.stdout
     assert "forkpool._demo.heavy_task" in result.stdout
     assert "throughput (tasks/s)" in result.stdout
     assert "tree RSS after (MiB)" in result.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_demo_stopped_by_a_signal_stops_its_server(signum):
+    """forkpool demo ended by SIGTERM or SIGHUP stops its embedded Valkey server too."""
+    env = {key: value for key, value in os.environ.items() if key != "FORKPOOL_REDIS_URL"}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "forkpool", "demo", "--tasks", "200"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: _valkey_children(demo.pid), 20, "the embedded server")
+        (server,) = _valkey_children(demo.pid)
+        demo.send_signal(signum)
+        assert demo.wait(timeout=30) == 128 + signum
+        wait_gone(server, timeout=10)
+        assert f"stopped by {signal.Signals(signum).name}" in demo.stderr.read()
+    finally:
+        demo.kill()
+        demo.wait()
+        demo.stderr.close()
+
+
+def _valkey_children(pid: int) -> list[int]:
+    return [
+        child
+        for child in children(pid)
+        if "valkey" in Path(f"/proc/{child}/comm").read_text(errors="replace")
+    ]
+
+
+def test_version():
+    """forkpool --version and forkpool.__version__ are the installed distribution's version."""
+    installed = importlib.metadata.version("forkpool")
+    assert forkpool.__version__ == installed
+    result = forkpool_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"forkpool {installed}"
+
+
+@pytest.mark.parametrize(
+    ("command", "described", "default"),
+    [
+        ("ps", "Nothing tracked prints an empty table", "(default: forkpool)"),
+        ("reap", "forget hosts whose announced lease has lapsed", "(default: 5)"),
+        ("kill-all", "Without --yes it lists what it would stop", "(default: forkpool)"),
+        ("demo", "starts an embedded Valkey server", "(default: 8)"),
+    ],
+)
+def test_each_command_explains_itself(command, described, default):
+    """Each command's --help says what it does and what its options default to."""
+    result = forkpool_cli(command, "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert described in text
+    assert default in text
+
+
+def test_counts_read_as_english():
+    """Counts in messages are singular for one and plural otherwise."""
+    assert plural(1, "task") == "1 task"
+    assert plural(3, "task") == "3 tasks"
+    assert plural(1, "tracked child", "tracked children") == "1 tracked child"
+    assert plural(0, "tracked child", "tracked children") == "0 tracked children"
 
 
 def test_console_script_is_installed():

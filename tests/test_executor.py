@@ -24,6 +24,10 @@ def fixture_ex():
         yield ex
 
 
+def _divide(a: int, b: int) -> float:
+    return a / b
+
+
 def _double(x: int) -> int:
     return x * 2
 
@@ -239,8 +243,15 @@ class TestValidation:
     @pytest.mark.parametrize("method", ["spawn", "forkserver"])
     def test_mp_context_must_be_fork(self, method):
         """An mp_context other than fork is rejected, naming its start method."""
-        with pytest.raises(ValueError, match=f"start method '{method}'"):
+        with pytest.raises(ValueError, match=f"start method is '{method}'"):
             ForkPerTaskExecutor(mp_context=multiprocessing.get_context(method))
+
+    def test_mp_context_given_as_a_string(self):
+        """mp_context="spawn" (a string, not a context) says so and how to fix it."""
+        with pytest.raises(TypeError, match=r"got 'spawn', which is not a context") as info:
+            ForkPerTaskExecutor(mp_context="spawn")
+        assert "None" not in str(info.value).split("got")[1]
+        assert "multiprocessing.get_context('fork')" in str(info.value)
 
     def test_fork_mp_context_is_accepted(self):
         """A fork context is accepted for compatibility."""
@@ -298,7 +309,15 @@ class TestValidation:
         future = ex.submit(_double, 1)
         future.result(timeout=10)
         assert repr(ex) == "<ForkPerTaskExecutor max_workers=2 running>"
-        assert f"state=finished pid={future.pid}>" in repr(future)
+        assert repr(future).endswith(f" state=finished returned int pid={future.pid}>")
+        failed = ex.submit(_divide, 1, 0)
+        failed.exception(timeout=10)
+        assert repr(failed).endswith(f" state=finished raised ZeroDivisionError pid={failed.pid}>")
+        running = ex.submit(time.sleep, 30)
+        assert running.cancel()
+        assert repr(running).endswith(" state=cancelled>") or " state=cancelled pid=" in repr(
+            running
+        )
         ex.shutdown()
         assert repr(ex) == "<ForkPerTaskExecutor max_workers=2 shut down>"
 

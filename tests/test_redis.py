@@ -253,7 +253,10 @@ class TestConfiguration:
     @pytest.mark.parametrize(
         ("kwargs", "message"),
         [
-            ({"ttl": 10, "reap_interval": 5}, r"ttl \(10s\) must be greater than 2 \* reap"),
+            (
+                {"ttl": 10, "reap_interval": 5},
+                r"ttl \(10s\) must be greater than twice reap_interval \(2 x 5s = 10s\)",
+            ),
             ({"ttl": 0}, "ttl must be a finite number of seconds > 0"),
             ({"reap_interval": -1}, "reap_interval must be a finite number of seconds > 0"),
             ({"host": "a{b}"}, "host must not contain braces"),
@@ -298,9 +301,24 @@ class TestOutages:
         with ForkPerTaskExecutor(2, redis=url, key_prefix="fptest-down", **FAST) as ex:
             assert list(ex.map(abs, [-1, -2, -3])) == [1, 2, 3]
             assert ex.submit(_sleep, 1.0).result(timeout=10) == "slept"
-        warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+        warnings = [r for r in caplog.records if "cannot reach Redis at" in r.getMessage()]
         assert len(warnings) == 1
         assert f"127.0.0.1:{port}" in warnings[0].getMessage()
+
+    def test_credentials_refused(self, caplog):
+        """Credentials refused: tasks run, and the one warning says so, not "cannot reach"."""
+        server = OwnServer(extra_args=("--requirepass", "right"))
+        server.start()
+        caplog.set_level(logging.WARNING, logger="forkpool")
+        url = server.url.replace("redis://", "redis://:wrong@")
+        try:
+            with ForkPerTaskExecutor(2, redis=url, key_prefix="fptest-auth", **FAST) as ex:
+                assert ex.submit(_sleep, 0.5).result(timeout=10) == "slept"
+        finally:
+            server.stop()
+        messages = [r.getMessage() for r in caplog.records]
+        assert [m for m in messages if "refused the credentials in the URL" in m], messages
+        assert not [m for m in messages if "cannot reach" in m or "wrong" in m]
 
     def test_killed_mid_run_then_restarted(self, own_server, caplog, tmp_path):
         """Redis dies mid-run: every result is right; after a restart the runner re-registers."""
@@ -325,7 +343,7 @@ class TestOutages:
                 assert unwritten <= 3
                 assert removals <= 4
                 wait_for(
-                    lambda: any("unreachable" in r.getMessage() for r in caplog.records),
+                    lambda: any("cannot reach Redis at" in r.getMessage() for r in caplog.records),
                     10,
                     "the outage to be noticed",
                 )
@@ -343,7 +361,7 @@ class TestOutages:
             assert long_one.result(timeout=10) == "slept"
         assert _entries(client, prefix) == {}
         messages = [r.getMessage() for r in caplog.records]
-        assert sum("unreachable" in m for m in messages) == 1
+        assert sum("cannot reach Redis at" in m for m in messages) == 1
         assert sum("works again" in m for m in messages) == 1
         client.close()
 
@@ -367,7 +385,9 @@ class TestOutages:
                     leave.touch()
                     assert leaving.result(timeout=10) == "slept"
                     wait_for(
-                        lambda: any("unreachable" in r.getMessage() for r in caplog.records),
+                        lambda: any(
+                            "cannot reach Redis at" in r.getMessage() for r in caplog.records
+                        ),
                         10,
                         "the outage to be noticed",
                     )

@@ -37,8 +37,11 @@ def hooks_and_results() -> None:
         del answer, pid, as_std, doubled, call_site
 
 
-def errors(error: ChildDiedError, timeout: TaskTimeoutError) -> tuple[int | None, float]:
-    return error.signal, timeout.timeout
+def errors(error: ChildDiedError, timeout: TaskTimeoutError) -> tuple[int | None, float, str]:
+    return error.signal, timeout.timeout, error.stopped_by
+
+
+VERSION: str = forkpool.__version__
 
 
 async def in_asyncio(ex: ForkPerTaskExecutor) -> int:

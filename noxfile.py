@@ -9,6 +9,7 @@
 - ``lint``: ``ruff check`` and ``ruff format --check``.
 - ``typecheck``: ``mypy --strict`` on the package, and on ``tests/typing`` if present.
 - ``examples``: runs every ``examples/*.py``, each under a time limit.
+- ``package``: builds the sdist and wheel and checks them with ``twine check --strict``.
 - ``soak`` (not run by default): the chaos soak, ``nox -s soak -- --tasks 300``.
 - ``bench`` (not run by default): the benchmark suite, side by side with the
   alternatives; ``nox -s bench -- --smoke`` for a quick pass.
@@ -31,7 +32,7 @@ nox.options.error_on_missing_interpreters = False  # nox defaults to True when C
 nox.options.download_python = "never"  # no interpreter downloads: a missing Python is skipped
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["tests", "lint", "typecheck", "examples"]
+nox.options.sessions = ["tests", "lint", "typecheck", "examples", "package"]
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 EXAMPLE_TIMEOUT = "120"  # seconds, per example script
@@ -148,3 +149,16 @@ def examples(session: nox.Session) -> None:
         session.run(
             "timeout", "--kill-after=10", EXAMPLE_TIMEOUT, python, str(script), external=True
         )
+
+
+@nox.session(python=NEWEST)
+def package(session: nox.Session) -> None:
+    """Build the sdist and the wheel; check both with twine check --strict."""
+    session.install(*_group("package"))
+    dist = Path(session.create_tmp()) / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(dist))
+    built = sorted(str(path) for path in dist.iterdir())
+    if len(built) != 2:  # noqa: PLR2004 - one sdist, one wheel
+        session.error(f"expected an sdist and a wheel, got {built}")
+    session.run("twine", "check", "--strict", *built)

@@ -32,6 +32,9 @@ nox.options.error_on_missing_interpreters = False  # nox defaults to True when C
 nox.options.download_python = "never"  # no interpreter downloads: a missing Python is skipped
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
+# uv ships its own CA roots; have it trust the system's store too, so that a machine
+# whose HTTPS goes through a TLS-inspecting proxy with a local CA still reaches PyPI.
+os.environ.setdefault("UV_SYSTEM_CERTS", "1")
 nox.options.sessions = ["tests", "lint", "typecheck", "examples", "package"]
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]

@@ -149,6 +149,18 @@ def valkey_binary() -> str:
         return found
 
 
+def dies_with_us(command: list[str]) -> list[str]:
+    """``command``, run so that it is killed when this process dies.
+
+    A test that hits its hard timeout ends the whole pytest process at once, with no
+    teardown: the servers it started would live on. ``setpriv --pdeathsig`` (from
+    util-linux) arms PR_SET_PDEATHSIG across the exec; where it is missing, the
+    command runs as it is.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", *command] if setpriv else command
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:
@@ -180,21 +192,23 @@ class OwnServer:
     def start(self) -> None:
         """Start (or restart) the server, empty, and wait until it answers."""
         self._process = subprocess.Popen(
-            [
-                valkey_binary(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                *(
-                    ["--appendonly", "yes", "--appendfsync", "always", "--dir", self._data_dir]
-                    if self._data_dir
-                    else ["--appendonly", "no"]
-                ),
-                *self._extra_args,
-            ],
+            dies_with_us(
+                [
+                    valkey_binary(),
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    *(
+                        ["--appendonly", "yes", "--appendfsync", "always", "--dir", self._data_dir]
+                        if self._data_dir
+                        else ["--appendonly", "no"]
+                    ),
+                    *self._extra_args,
+                ]
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

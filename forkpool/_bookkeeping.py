@@ -3,11 +3,12 @@
 The supervisor never waits on Redis. It hands this thread two kinds of event --
 a child was forked, a child exited -- and goes on. The thread lets events gather
 for a moment (``_LINGER``), coalesces them (a task that ended before its entry was
-written needs no write at all), writes what is left in one transactional
-pipeline, and every ``reap_interval``
-rewrites the full entry of every running child (so a Redis that restarted empty
-is repopulated without anyone noticing the restart), renews the host's lease in
-the hosts index, and runs a reaper cycle.
+written needs no write at all), writes what is left in one transaction on this
+host's keys (they share a hash slot, so a Redis Cluster takes it too), and every
+``reap_interval`` rewrites the full entry of every running child (so a Redis that
+restarted empty is repopulated without anyone noticing the restart), renews the
+host's lease in the hosts index (a key of another slot, written on its own), and
+runs a reaper cycle -- whether or not the writes went through.
 
 The host's lease is announced, not assumed: its score in ``{prefix}:hosts`` is when
 it lapses (now + this executor's ttl, or a running task's longer one), raised and
@@ -30,16 +31,14 @@ import threading
 import time
 from typing import TYPE_CHECKING, Final
 
-import redis
-
 from forkpool import _procfs
 from forkpool._entry import MalformedEntryError, TaskEntry
 from forkpool._fork import block_signals_in_this_thread
 from forkpool._reaper import Reaper, Stopper
-from forkpool._redis import describe_failure
+from forkpool._redis import FAILURES, describe_failure, per_host_pipeline
 
 if TYPE_CHECKING:
-    from forkpool._redis import RedisSource
+    from forkpool._redis import Client, RedisSource
     from forkpool._tracking import Forked, TrackingContext
 
 logger = logging.getLogger("forkpool.redis")
@@ -63,8 +62,8 @@ class Bookkeeper:
         reap_interval: float,
         kill_grace: float,
     ) -> None:
+        # Its client is made in this thread, on first use (see _redis).
         self._source = source
-        self._client = source.client
         self._keys = context.keys
         self._ttl = ttl
         self._reap_interval = reap_interval
@@ -162,8 +161,10 @@ class Bookkeeper:
                     self._write(renew=False)
                     return
                 if now >= next_cycle:
-                    if self._write(renew=True):
-                        self._reap()
+                    # The reaper runs on its schedule whether or not the renewal
+                    # went through: orphans must not wait on a host's own trouble.
+                    self._write(renew=True)
+                    self._reap()
                     next_cycle = time.monotonic() + self._reap_interval
                 elif now >= self._retry_at and self._pending_since is not None:
                     self._write(renew=False)
@@ -171,8 +172,7 @@ class Bookkeeper:
             logger.exception("forkpool's Redis thread failed; bookkeeping stopped")
         finally:
             self.reaper.stopper.escalate(force=True)
-            if self._source.owned:
-                self._client.close()
+            self._source.close()
 
     def _wait_for_work(self, next_cycle: float) -> bool:
         with self._cond:
@@ -201,19 +201,28 @@ class Bookkeeper:
         if not entries and not removals and not renew and not self._reconcile:
             return True
         now = time.time()
-        pipe = self._client.pipeline(transaction=True)
-        if renew:
-            lease = max((e.ttl for e in entries), default=self._ttl)
-            pipe.zadd(self._keys.hosts, {self._keys.host: now + max(lease, self._ttl)}, gt=True)
-        if entries:
-            pipe.zadd(self._keys.active, {e.task_id: now + e.ttl for e in entries})
-            pipe.hset(self._keys.meta, mapping={e.task_id: e.to_json() for e in entries})
-        if removals:
-            pipe.zrem(self._keys.active, *removals)
-            pipe.hdel(self._keys.meta, *removals)
+        reconciled = 0
         try:
-            pipe.execute()
-        except redis.RedisError as exc:
+            client = self._source.client
+            if entries or removals:
+                pipe = per_host_pipeline(client)  # this host's keys share one slot
+                if entries:
+                    pipe.zadd(self._keys.active, {e.task_id: now + e.ttl for e in entries})
+                    pipe.hset(self._keys.meta, mapping={e.task_id: e.to_json() for e in entries})
+                if removals:
+                    pipe.zrem(self._keys.active, *removals)
+                    pipe.hdel(self._keys.meta, *removals)
+                pipe.execute()
+            if renew:
+                # On its own: the hosts index lives in another slot than this host's keys.
+                lease = max([self._ttl, *(e.ttl for e in entries)])
+                client.zadd(self._keys.hosts, {self._keys.host: now + lease}, gt=True)
+            with self._cond:
+                self._removals -= removals
+            if self._reconcile:
+                reconciled = self._delete_stale_entries(client)
+                self._reconcile = False
+        except FAILURES as exc:
             with self._cond:
                 # Everything running must be rewritten once Redis is back: a server
                 # that restarted empty has lost even the entries written before.
@@ -224,24 +233,14 @@ class Bookkeeper:
                 self._pending_since = time.monotonic()
             self._failed(exc)
             return False
-        with self._cond:
-            self._removals -= removals
-        reconciled = 0
-        if self._reconcile:
-            try:
-                reconciled = self._delete_stale_entries()
-            except redis.RedisError as exc:
-                self._failed(exc)
-                return False
-            self._reconcile = False
         self._recovered(len(entries), len(removals) + reconciled)
         return True
 
-    def _delete_stale_entries(self) -> int:
+    def _delete_stale_entries(self, client: Client) -> int:
         """Delete this executor's entries of children no longer running; return how many."""
         stale: list[str] = []
         owner = self._context.executor_id
-        for field, raw in self._client.hgetall(self._keys.meta).items():
+        for field, raw in client.hgetall(self._keys.meta).items():
             task_id = field.decode() if isinstance(field, bytes) else str(field)
             try:
                 entry = TaskEntry.from_json(raw, task_id)
@@ -252,7 +251,7 @@ class Bookkeeper:
         with self._cond:
             stale = [task_id for task_id in stale if task_id not in self._running]
         if stale:
-            pipe = self._client.pipeline(transaction=True)
+            pipe = per_host_pipeline(client)
             pipe.zrem(self._keys.active, *stale)
             pipe.hdel(self._keys.meta, *stale)
             pipe.execute()
@@ -282,11 +281,12 @@ class Bookkeeper:
 
     def _reap(self) -> None:
         try:
-            self.reaper.cycle(self._client)
-        except redis.RedisError as exc:
+            self.reaper.cycle(self._source.client)
+        except FAILURES as exc:
             self._failed(exc)
 
-    def _failed(self, exc: redis.RedisError) -> None:
+    def _failed(self, exc: Exception) -> None:
+        self._source.after_failure()
         self._retry_at = time.monotonic() + min(self._reap_interval, _RETRY_PAUSE)
         if self._outage_since is None:
             self._outage_since = time.monotonic()

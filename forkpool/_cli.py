@@ -16,13 +16,12 @@ import time
 from typing import TYPE_CHECKING, Any, cast
 
 import attrs
-import redis
 
 from forkpool import _procfs
 from forkpool._entry import Keys, TaskEntry
 from forkpool._errors import signal_name
 from forkpool._reaper import Reaper, Stopper, parent_alive, read_entries
-from forkpool._redis import URL_ENV, client_from_url, describe_failure, redact
+from forkpool._redis import FAILURES, URL_ENV, Client, client_from_url, describe_failure, redact
 from forkpool._tracking import default_host
 from forkpool._version import __version__
 
@@ -52,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         _fail(str(exc))
         return EXIT_ERROR
-    except redis.RedisError as exc:
+    except FAILURES as exc:
         _fail(describe_failure(exc, args.redis_label))
         return EXIT_ERROR
     except KeyboardInterrupt as exc:
@@ -189,7 +188,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _client(args: argparse.Namespace) -> redis.Redis:
+def _client(args: argparse.Namespace) -> Client:
     args.redis_label = "(none)"
     if not args.redis:
         msg = f"no Redis configured: pass --redis URL or set {URL_ENV}"
@@ -226,7 +225,7 @@ class Row:
         }
 
 
-def collect_rows(client: redis.Redis, prefix: str, hosts: list[str]) -> list[Row]:
+def collect_rows(client: Client, prefix: str, hosts: list[str]) -> list[Row]:
     """Read the tracked children of ``hosts``; malformed entries are reported, skipped."""
     local = default_host()
     facts = _procfs.LocalFacts.current()

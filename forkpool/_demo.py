@@ -19,11 +19,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import redis
-
 from forkpool._cli import CliError, collect_rows, plural, render_table
 from forkpool._executor import ForkPerTaskExecutor
-from forkpool._redis import redact
+from forkpool._redis import client_from_url, redact
 from forkpool._tracking import default_host
 
 if TYPE_CHECKING:
@@ -168,7 +166,7 @@ def _run_demo(tasks: int, *, redis_url: str | None, prefix: str, host: str | Non
         "2 at a time\n"
     )
     with redis_for_demo(redis_url) as url:
-        client = redis.Redis.from_url(url)
+        client = client_from_url(url)
         command = f"forkpool ps --redis {redact(url)} --prefix {prefix} --host {host}"
 
         def snapshot() -> None:

@@ -79,6 +79,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from redis import Redis
+    from redis.cluster import RedisCluster
     from typing_extensions import ParamSpec, Self
 
     P = ParamSpec("P")
@@ -118,8 +119,11 @@ class ForkPerTaskExecutor(Executor):
             once the child's pid is known.
         child_post_fork: ``(fn, args, kwargs)``, inside the child, before the
             initializer and the task.
-        redis: A Redis URL (``redis://``, ``rediss://``, ``unix://``) or a ready
-            ``redis.Redis`` client to track every child in. None: the
+        redis: Where to track every child: a Redis URL (``redis://``,
+            ``rediss://``, ``unix://``; ``redis+cluster://host:port,...`` for a
+            Redis Cluster; ``redis+sentinel://host:port,.../service_name/db`` for
+            Sentinel) or a ready ``redis.Redis`` (``Sentinel.master_for()``'s
+            included) or ``redis.cluster.RedisCluster`` client. None: the
             ``FORKPOOL_REDIS_URL`` environment variable if set, else no Redis.
         key_prefix: Prefix of the Redis keys (see the README for the layout).
         host: This machine's name in Redis; None: ``FORKPOOL_HOST`` if set and not
@@ -157,7 +161,7 @@ class ForkPerTaskExecutor(Executor):
         | None = None,
         child_post_fork: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], object]
         | None = None,
-        redis: str | Redis | None = None,
+        redis: str | Redis | RedisCluster | None = None,
         key_prefix: str = "forkpool",
         host: str | None = None,
         ttl: float = 900,
@@ -496,6 +500,12 @@ def _start_tracking(
     """Validate the Redis settings; start the bookkeeping thread if Redis is asked for."""
     if not isinstance(key_prefix, str) or not key_prefix:
         msg = f"key_prefix must be a non-empty string, got {key_prefix!r}"
+        raise ValueError(msg)
+    if "{" in key_prefix or "}" in key_prefix:
+        msg = (
+            f"key_prefix must not contain braces (a hash tag in it would put every "
+            f"host's keys in one Redis Cluster slot), got {key_prefix!r}"
+        )
         raise ValueError(msg)
     host = default_host() if host is None else _check_host(host)
     source = resolve_redis(redis, reap_interval=reap_interval)

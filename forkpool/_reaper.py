@@ -27,7 +27,7 @@ import logging
 import os
 import signal
 import time
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import attrs
 import redis
@@ -35,8 +35,11 @@ import redis
 from forkpool import _kill_marks, _linux, _procfs
 from forkpool._entry import Keys, MalformedEntryError, TaskEntry
 from forkpool._procfs import LocalFacts
-from forkpool._redis import client_from_url
+from forkpool._redis import client_from_url, per_host_pipeline
 from forkpool._tracking import default_host
+
+if TYPE_CHECKING:
+    from forkpool._redis import Client
 
 logger = logging.getLogger("forkpool.reaper")
 
@@ -188,9 +191,9 @@ class Entries:
     malformed: dict[str, str]
 
 
-def read_entries(client: redis.Redis, keys: Keys) -> Entries:
+def read_entries(client: Client, keys: Keys) -> Entries:
     """Read a host's meta hash and active set atomically; sort out the malformed."""
-    pipe = client.pipeline(transaction=True)
+    pipe = per_host_pipeline(client)
     pipe.hgetall(keys.meta)
     pipe.zrange(keys.active, 0, -1, withscores=True)
     raw_meta, raw_active = pipe.execute()
@@ -215,11 +218,11 @@ def read_entries(client: redis.Redis, keys: Keys) -> Entries:
     return Entries(valid, malformed)
 
 
-def delete_entries(client: redis.Redis, keys: Keys, task_ids: list[str]) -> None:
+def delete_entries(client: Client, keys: Keys, task_ids: list[str]) -> None:
     """Remove entries from a host's active set and meta hash."""
     if not task_ids:
         return
-    pipe = client.pipeline(transaction=True)
+    pipe = per_host_pipeline(client)
     pipe.zrem(keys.active, *task_ids)
     pipe.hdel(keys.meta, *task_ids)
     pipe.execute()
@@ -252,11 +255,12 @@ class Reaper:
     _warned_expired: set[str] = attrs.field(factory=set)
     _warned_supervised: set[str] = attrs.field(factory=set)
 
-    def cycle(self, client: redis.Redis, *, now: float | None = None) -> ReapReport:
+    def cycle(self, client: Client, *, now: float | None = None) -> ReapReport:
         """Run one cycle against Redis; return what it did.
 
         Raises:
-            redis.RedisError: Redis failed; nothing was signalled for entries not read.
+            redis.RedisError, RedisClusterException: Redis failed; nothing was
+                signalled for entries not read.
         """
         now = time.time() if now is None else now
         report = ReapReport()
@@ -282,7 +286,7 @@ class Reaper:
         self.cycles += 1
         return report
 
-    def _drop_mistyped_keys(self, client: redis.Redis) -> None:
+    def _drop_mistyped_keys(self, client: Client) -> None:
         """Delete this host's keys that hold the wrong Redis type (nothing can be read)."""
         for key, expected in ((self.keys.meta, "hash"), (self.keys.active, "zset")):
             actual = _text(cast("bytes", client.type(key)))
@@ -340,12 +344,14 @@ class Reaper:
         report.orphans_stopped += len(handles) - int(child_found)
         return True
 
-    def _forget_departed_hosts(self, client: redis.Redis, now: float) -> list[str]:
+    def _forget_departed_hosts(self, client: Client, now: float) -> list[str]:
         # Each host's score is when its own announced lease lapses. Costs one
         # command while every other host is alive, however many there are.
         hosts = cast("list[bytes]", client.zrangebyscore(self.keys.hosts, "-inf", f"({now}"))
         departed = [_text(host) for host in hosts if _text(host) != self.keys.host]
         if departed:
+            # Each departed host's keys share a slot; different hosts' need not, so
+            # no transaction (a cluster pipeline sends each command to its node).
             pipe = client.pipeline(transaction=False)
             for host in departed:
                 gone = self.keys.for_host(host)
@@ -357,7 +363,7 @@ class Reaper:
 
 
 def kill_all(
-    redis: redis.Redis | str,
+    redis: Client | str,
     *,
     host: str | None = None,
     key_prefix: str = "forkpool",
@@ -369,7 +375,8 @@ def kill_all(
     executors fail with :class:`ChildDiedError` saying who stopped them.
 
     Args:
-        redis: A ``redis.Redis`` client or a Redis URL.
+        redis: A ``redis.Redis`` or ``RedisCluster`` client, or a Redis URL (any
+            the executor takes: ``redis+cluster://``, ``redis+sentinel://`` too).
         host: The host whose children to stop; defaults as the executor decides
             (``FORKPOOL_HOST``, else the host name). Only children on *this*
             machine can be stopped.
@@ -387,7 +394,7 @@ def kill_all(
             client.close()
 
 
-def stop_tracked_children(client: redis.Redis, keys: Keys, stopped_by: str) -> int:
+def stop_tracked_children(client: Client, keys: Keys, stopped_by: str) -> int:
     """``kill_all`` for one host's keys; ``stopped_by`` is the word left for the owners."""
     facts = LocalFacts.current()
     entries = read_entries(client, keys)

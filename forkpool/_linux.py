@@ -15,7 +15,10 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 PR_SET_PDEATHSIG: Final = 1
 PR_SET_NAME: Final = 15
@@ -41,6 +44,40 @@ def _load_prctl() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 
 
 _prctl = _load_prctl()
+
+
+# --- process handles: a pidfd where the kernel has them, else the bare pid ----------
+
+
+def open_handle(pid: int) -> int | None:
+    """A handle to ``pid`` that cannot come to name another process; None if it is gone.
+
+    With pidfds, a handle opened before a check still names the process checked,
+    even if it dies and its pid is recycled meanwhile.
+    """
+    if not HAS_PIDFD:
+        return pid
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
+
+
+def send_signal(handle: int, signum: int) -> None:
+    """Signal the process behind ``handle``; nothing if it is gone or not ours to signal."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if HAS_PIDFD:
+            signal.pidfd_send_signal(handle, signum)
+        else:
+            os.kill(handle, signum)
+
+
+def close_handles(handles: Iterable[int]) -> None:
+    """Let go of handles from :func:`open_handle`."""
+    if HAS_PIDFD:
+        for handle in handles:
+            with contextlib.suppress(OSError):
+                os.close(handle)
 
 
 def set_parent_death_signal(signum: int = signal.SIGKILL) -> bool:

@@ -22,7 +22,6 @@ before the check, so a pid recycled mid-check is never the one signalled.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -56,18 +55,18 @@ class Stopper:
     def stop(self, targets: list[int], signum: int = signal.SIGTERM) -> None:
         """Signal ``targets`` (pidfds, or pids without pidfd support); take ownership."""
         for target in targets:
-            _send(target, signum)
+            _linux.send_signal(target, signum)
         if signum == signal.SIGKILL or self.grace <= 0:
             if signum != signal.SIGKILL:
                 for target in targets:
-                    _send(target, signal.SIGKILL)
-            _close_all(targets)
+                    _linux.send_signal(target, signal.SIGKILL)
+            _linux.close_handles(targets)
         else:
             self._pending.append((time.monotonic() + self.grace, targets))
 
     def release(self, targets: list[int]) -> None:
         """Let go of targets without signalling them."""
-        _close_all(targets)
+        _linux.close_handles(targets)
 
     def next_deadline(self) -> float | None:
         """When the earliest SIGKILL is due (monotonic), if any."""
@@ -80,23 +79,8 @@ class Stopper:
         for entry in due:
             self._pending.remove(entry)
             for target in entry[1]:
-                _send(target, signal.SIGKILL)
-            _close_all(entry[1])
-
-
-def _send(target: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        if _linux.HAS_PIDFD:
-            signal.pidfd_send_signal(target, signum)
-        else:
-            os.kill(target, signum)
-
-
-def _close_all(targets: list[int]) -> None:
-    if _linux.HAS_PIDFD:
-        for target in targets:
-            with contextlib.suppress(OSError):
-                os.close(target)
+                _linux.send_signal(target, signal.SIGKILL)
+            _linux.close_handles(entry[1])
 
 
 def _open_verified(pid: int, entry: TaskEntry, facts: LocalFacts, *, leader: bool) -> int | None:
@@ -106,12 +90,9 @@ def _open_verified(pid: int, entry: TaskEntry, facts: LocalFacts, *, leader: boo
     checks see the newcomer but the pidfd still names the original (now dead)
     process, and signalling it does nothing.
     """
-    handle: int = pid
-    if _linux.HAS_PIDFD:
-        try:
-            handle = os.pidfd_open(pid)
-        except OSError:
-            return None
+    handle = _linux.open_handle(pid)
+    if handle is None:
+        return None
     stat = _procfs.read_stat(pid)
     proven = (
         stat is not None
@@ -123,7 +104,7 @@ def _open_verified(pid: int, entry: TaskEntry, facts: LocalFacts, *, leader: boo
         and _procfs.carries_task_marker(pid, stat, entry.task_id)
     )
     if not proven:
-        _close_all([handle])
+        _linux.close_handles([handle])
         return None
     return handle
 

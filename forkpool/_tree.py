@@ -19,8 +19,6 @@ session on purpose may outlive it.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 from typing import Final
 
@@ -64,20 +62,17 @@ class ProcessTree:
             for pid, start in found:
                 handle = _open_descendant(pid, start, parents)
                 if handle is not None:
-                    _send(handle, signal.SIGSTOP)
+                    _linux.send_signal(handle, signal.SIGSTOP)
                     self.held[pid] = (handle, start)
 
     def send(self, signum: int) -> None:
         """Send ``signum`` to every descendant held."""
         for handle, _ in self.held.values():
-            _send(handle, signum)
+            _linux.send_signal(handle, signum)
 
     def close(self) -> None:
         """Let go of every handle."""
-        if _linux.HAS_PIDFD:
-            for handle, _ in self.held.values():
-                with contextlib.suppress(OSError):
-                    os.close(handle)
+        _linux.close_handles(handle for handle, _ in self.held.values())
         self.held.clear()
 
 
@@ -93,23 +88,11 @@ def _process_table() -> dict[int, tuple[int, int]]:
 
 def _open_descendant(pid: int, start: int, parents: set[int]) -> int | None:
     """A handle to ``pid`` if, once held, it is the same process and a child of ``parents``."""
-    handle = pid
-    if _linux.HAS_PIDFD:
-        try:
-            handle = os.pidfd_open(pid)
-        except OSError:
-            return None
+    handle = _linux.open_handle(pid)
+    if handle is None:
+        return None
     stat = _procfs.read_stat(pid)
     if stat is None or stat.start_ticks != start or stat.ppid not in parents or stat.state in _GONE:
-        if _linux.HAS_PIDFD:
-            os.close(handle)
+        _linux.close_handles([handle])
         return None
     return handle
-
-
-def _send(handle: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        if _linux.HAS_PIDFD:
-            signal.pidfd_send_signal(handle, signum)
-        else:
-            os.kill(handle, signum)

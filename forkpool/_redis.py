@@ -27,7 +27,7 @@ import attrs
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisClusterException
+from redis.exceptions import AskError, MovedError, RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -265,6 +265,11 @@ def describe_failure(exc: Exception, where: str) -> str:
         return f"cannot reach Redis at {where}: {exc}"
     if isinstance(exc, RedisClusterException):
         return f"the Redis cluster at {where} fails: {exc}"
+    if isinstance(exc, (MovedError, AskError)) and not where.startswith(_CLUSTER):
+        return (
+            f"Redis at {where} is a node of a Redis Cluster and redirects ({exc}): give "
+            "a redis+cluster:// URL or a redis.cluster.RedisCluster client"
+        )
     return f"Redis at {where} answers with errors ({exc})"
 
 

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import redis
-from helpers import dies_with_us, free_port, valkey_binary, wait_for
+from helpers import free_port, valkey_command, wait_for
 
 SLOTS = 16384
 
@@ -50,27 +50,19 @@ class _Server:
         self._args = args
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, *leading: str) -> None:
+    def start(self, config: str | None = None) -> None:
         self.process = subprocess.Popen(
-            dies_with_us(
-                [
-                    valkey_binary(),
-                    *leading,
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--dir",
-                    str(self.dir),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    # A replica syncs at once, not after the default 5 s wait for others.
-                    "--repl-diskless-sync-delay",
-                    "0",
-                    *self._args,
-                ]
+            valkey_command(
+                self.port,
+                "--dir",
+                str(self.dir),
+                "--appendonly",
+                "no",
+                # A replica syncs at once, not after the default 5 s wait for others.
+                "--repl-diskless-sync-delay",
+                "0",
+                *self._args,
+                config=config,
             ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -204,7 +196,7 @@ class SentinelSetup:
         self._root = Path(tempfile.mkdtemp(prefix="forkpool-sentinel-"))
         self.master = _Server(self._root)
         self.replica = _Server(self._root, "--replicaof", "127.0.0.1", str(self.master.port))
-        self.sentinels = [_Server(self._root) for _ in range(3)]
+        self.sentinels = [_Server(self._root, "--sentinel") for _ in range(3)]
         self._down_after_ms = down_after_ms
 
     @property
@@ -227,7 +219,7 @@ class SentinelSetup:
                 f"sentinel failover-timeout {self.SERVICE} 10000\n"
                 f"sentinel parallel-syncs {self.SERVICE} 1\n"
             )
-            sentinel.start(str(config), "--sentinel")
+            sentinel.start(config=str(config))
         wait_for(self.ready, 30, "the Sentinels to know the replica and each other")
 
     def ready(self) -> bool:

@@ -161,6 +161,15 @@ def dies_with_us(command: list[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "KILL", *command] if setpriv else command
 
 
+def valkey_command(port: int, *args: str, config: str | None = None) -> list[str]:
+    """The command line of a test server on loopback ``port`` that keeps nothing on disk
+    unless ``args`` say so, and dies with this process."""
+    leading = [] if config is None else [config]
+    return dies_with_us(
+        [valkey_binary(), *leading, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *args]
+    )
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:
@@ -191,24 +200,13 @@ class OwnServer:
 
     def start(self) -> None:
         """Start (or restart) the server, empty, and wait until it answers."""
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always", "--dir", self._data_dir]
+            if self._data_dir
+            else ["--appendonly", "no"]
+        )
         self._process = subprocess.Popen(
-            dies_with_us(
-                [
-                    valkey_binary(),
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    *(
-                        ["--appendonly", "yes", "--appendfsync", "always", "--dir", self._data_dir]
-                        if self._data_dir
-                        else ["--appendonly", "no"]
-                    ),
-                    *self._extra_args,
-                ]
-            ),
+            valkey_command(self.port, *persistence, *self._extra_args),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

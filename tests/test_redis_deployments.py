@@ -6,6 +6,7 @@ Each test starts real servers (tests/deployments.py): a 6-node cluster (3 master
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -28,7 +30,6 @@ from forkpool._reaper import Reaper, Stopper
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -82,37 +83,37 @@ def _forkpool(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@contextlib.contextmanager
+def _running(deployment: Cluster | SentinelSetup) -> Iterator[None]:
+    try:
+        deployment.start()
+        yield
+    finally:
+        deployment.stop()
+
+
 @pytest.fixture(name="cluster", scope="module")
 def fixture_cluster() -> Iterator[Cluster]:
     """A healthy cluster shared by the tests that do not break it."""
     cluster = Cluster()
-    try:
-        cluster.start()
+    with _running(cluster):
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(name="own_cluster")
 def fixture_own_cluster() -> Iterator[Cluster]:
     """A cluster of this test's own, which it may break."""
     cluster = Cluster()
-    try:
-        cluster.start()
+    with _running(cluster):
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(name="sentinel")
 def fixture_sentinel() -> Iterator[SentinelSetup]:
     """A master, a replica and three Sentinels of this test's own."""
     setup = SentinelSetup()
-    try:
-        setup.start()
+    with _running(setup):
         yield setup
-    finally:
-        setup.stop()
 
 
 @pytest.fixture(name="prefix")
@@ -223,6 +224,19 @@ class TestCluster:
                     cleanup.execute()
             client.close()
         print(f"\ncommands in one reaper cycle on the cluster: {len(commands)}: {commands}")
+
+    def test_a_plain_url_to_one_node_says_to_use_the_cluster(self, cluster, prefix, caplog):
+        """A redis:// URL to one cluster node: tasks run, and the warning says what to pass."""
+        caplog.set_level(logging.WARNING, logger="forkpool")
+        with _cluster_client(cluster) as client:
+            elsewhere = client.keyslot(Keys(prefix, HOST).meta)
+        owner = cluster.master_for_slot(elsewhere)
+        other = next(node for node in cluster.live_masters() if node is not owner)
+        url = f"redis://127.0.0.1:{other.port}/0"
+        with ForkPerTaskExecutor(1, redis=url, key_prefix=prefix, host=HOST, **FAST) as ex:
+            assert ex.submit(_sleep_until_exists, Path("/nonexistent"), 0.5).result(10) == "slept"
+            wait_for(lambda: "is a node of a Redis Cluster" in caplog.text, 10, "the warning")
+        assert "redis+cluster:// URL" in caplog.text
 
     def test_a_master_failover_mid_run(self, own_cluster, prefix, tmp_path, caplog):
         """A master killed mid-run: tasks run on, one warning, leases renewed after recovery."""

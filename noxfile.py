@@ -146,7 +146,7 @@ def examples(session: nox.Session) -> None:
     scripts = sorted(Path("examples").glob("*.py"))
     if not scripts:
         session.error("no examples/*.py scripts found; the examples session must run something")
-    session.install("-e", ".[embedded]")
+    session.install("-e", ".[embedded]", *_group("examples"))
     python = str(Path(session.bin) / "python")
     for script in scripts:
         session.run(

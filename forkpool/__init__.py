@@ -1,5 +1,6 @@
 """forkpool: a concurrent.futures executor that forks a fresh child per task."""
 
+from forkpool._async import run_async
 from forkpool._errors import (
     ChildDiedError,
     ForkPoolError,
@@ -10,6 +11,7 @@ from forkpool._errors import (
 from forkpool._executor import ForkPerTaskExecutor
 from forkpool._future import ForkFuture
 from forkpool._options import options
+from forkpool._per_process import PerProcessExecutor
 from forkpool._progress import report_progress
 from forkpool._reaper import kill_all
 from forkpool._usage import ResourceUsage
@@ -20,6 +22,7 @@ __all__ = [
     "ForkFuture",
     "ForkPerTaskExecutor",
     "ForkPoolError",
+    "PerProcessExecutor",
     "RemoteTaskError",
     "ResourceUsage",
     "ResultNotPicklableError",
@@ -28,4 +31,5 @@ __all__ = [
     "kill_all",
     "options",
     "report_progress",
+    "run_async",
 ]

@@ -37,6 +37,7 @@ class StopReason(enum.Enum):
     TERMINATED = "terminate_workers()"
     KILLED = "kill_workers()"
     INTERRUPTED = "a KeyboardInterrupt in the parent"
+    WAIT_ENDED = "an exception that ended the wait for its result"
     ABANDONED = "its executor, garbage-collected without shutdown()"
     HOOK_FAILED = "parent_post_fork raising"
     CORRUPT = "forkpool, for a corrupt result stream"
@@ -115,6 +116,8 @@ def _stopped_by(child: Child, signum: int | None) -> str:
     reason = child.stop_reason
     if reason is StopReason.CORRUPT and child.stop_error is not None:
         return f"{reason.value} ({child.stop_error})"
+    if reason is StopReason.WAIT_ENDED and child.stop_error is not None:
+        return f"{reason.value} ({type(child.stop_error).__name__})"
     if reason is not None:
         return reason.value
     if signum == signal.SIGKILL and child.task_id is not None:

@@ -38,6 +38,7 @@ never the executor.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -48,12 +49,13 @@ import threading
 import uuid
 import warnings
 import weakref
-from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any, TypeVar
+from concurrent.futures import Executor, Future, InvalidStateError
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import attrs
 
 from forkpool import _exit
+from forkpool._async import wait_for_future
 from forkpool._bookkeeping import Bookkeeper
 from forkpool._child import StopReason
 from forkpool._entry import Keys
@@ -62,8 +64,10 @@ from forkpool._future import ForkFuture
 from forkpool._options import (
     ResolvedOptions,
     TaskWithOptions,
+    check_close_fds,
     check_kill_grace,
     check_memory_limit,
+    check_pass_fds,
     check_positive,
     check_timeout,
     options_of,
@@ -124,7 +128,8 @@ class ForkPerTaskExecutor(Executor):
             Redis Cluster; ``redis+sentinel://host:port,.../service_name/db`` for
             Sentinel) or a ready ``redis.Redis`` (``Sentinel.master_for()``'s
             included) or ``redis.cluster.RedisCluster`` client. None: the
-            ``FORKPOOL_REDIS_URL`` environment variable if set, else no Redis.
+            ``FORKPOOL_REDIS_URL`` environment variable if set, else no Redis;
+            False: no Redis, whatever that variable says.
         key_prefix: Prefix of the Redis keys (see the README for the layout).
         host: This machine's name in Redis; None: ``FORKPOOL_HOST`` if set and not
             blank, else ``socket.gethostname()``.
@@ -136,6 +141,13 @@ class ForkPerTaskExecutor(Executor):
         memory_limit: Bytes each task may allocate beyond what its child
             inherited (``RLIMIT_DATA``); past that the task gets ``MemoryError``
             instead of meeting the OOM killer. None: no cap.
+        close_fds: In each child, close every descriptor it inherited but stdin,
+            stdout, stderr, its result pipe, the streams of logging's handlers and
+            ``pass_fds``. For servers: a child must not hold the listening socket,
+            clients' connections or the event loop's epoll. (They are replaced by
+            ``/dev/null``, not freed, so an inherited object that still holds a
+            number can never close a descriptor the task opens later.)
+        pass_fds: Descriptors children keep under ``close_fds``.
 
     Raises:
         ForkPoolError: The platform cannot fork.
@@ -161,12 +173,14 @@ class ForkPerTaskExecutor(Executor):
         | None = None,
         child_post_fork: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], object]
         | None = None,
-        redis: str | Redis | RedisCluster | None = None,
+        redis: str | Redis | RedisCluster | Literal[False] | None = None,
         key_prefix: str = "forkpool",
         host: str | None = None,
         ttl: float = 900,
         reap_interval: float = 30,
         memory_limit: int | None = None,
+        close_fds: bool = False,
+        pass_fds: Iterable[int] = (),
     ) -> None:
         if not _can_fork():
             raise platform_error()
@@ -193,6 +207,8 @@ class ForkPerTaskExecutor(Executor):
             kill_grace=check_kill_grace(kill_grace),
             ttl=_check_ttl(ttl, self._reap_interval),
             memory_limit=check_memory_limit(memory_limit),
+            close_fds=check_close_fds(close_fds),
+            pass_fds=check_pass_fds(pass_fds),
         )
         self._config = SupervisorConfig(
             max_workers=self._max_workers,
@@ -251,6 +267,7 @@ class ForkPerTaskExecutor(Executor):
             supervisor = self._runtime.usable_supervisor()
             future: ForkFuture[T] = ForkFuture()
             future._on_cancel = supervisor.cancel  # noqa: SLF001 - our own future
+            future._on_wait_ended = supervisor.wait_ended  # noqa: SLF001
             supervisor.submit(WorkItem(future, fn, args, kwargs, options))
         return future
 
@@ -298,6 +315,33 @@ class ForkPerTaskExecutor(Executor):
         # Once shut down, dropping the executor must not stop its work.
         self._finalizer.detach()
         self._runtime.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    async def aclose(self, *, cancel_futures: bool = False) -> None:
+        """``shutdown(wait=True)`` without blocking the event loop (asyncio or trio).
+
+        For an application's lifespan: awaits the running and queued tasks (and,
+        with Redis, the last writes) while other tasks go on. Cancelled while it
+        waits, it stops the children, as Ctrl-C in ``shutdown()`` does.
+        """
+        self.shutdown(wait=False, cancel_futures=cancel_futures)
+        try:
+            await wait_for_future(self._runtime.finished, cancel=False)
+        except BaseException:
+            self._runtime.interrupt()
+            raise
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._runtime.interrupt()
+        await self.aclose()
 
     def terminate_workers(self) -> None:
         """Send SIGTERM to every running child's process group, then shut down.
@@ -349,7 +393,8 @@ class ForkPerTaskExecutor(Executor):
         if os.getpid() != owner:
             msg = (
                 f"this executor belongs to process {owner}; a forked child "
-                f"({os.getpid()}) must create its own"
+                f"({os.getpid()}) must create its own (a forkpool.PerProcessExecutor "
+                "makes one in each process that uses it)"
             )
             raise RuntimeError(msg)
 
@@ -376,6 +421,8 @@ class _Runtime:
     lock: threading.Lock = attrs.field(factory=threading.Lock)
     closed: bool = False
     exiting: bool = False
+    # Done once shut down and idle: every task ended, the last Redis writes made.
+    finished: Future[None] = attrs.field(factory=Future)
 
     @property
     def alive(self) -> bool:
@@ -413,14 +460,14 @@ class _Runtime:
             supervisor = self.supervisor
         if supervisor is None:
             self._close_bookkeeper(wait=wait)
-            _exit.forget(self)
+            self._finish()
             return
         if cancel_futures:
             supervisor.cancel_pending()
         supervisor.begin_shutdown()  # once done, its thread calls _supervisor_finished
         if wait:
             self._join(supervisor)
-            _exit.forget(self)
+            self._finish()
 
     def stop_all(self, signum: int, reason: StopReason) -> None:
         """Close to new work, cancel what has not been forked, signal every child."""
@@ -449,7 +496,13 @@ class _Runtime:
         """In the supervisor thread, as it ends: the last Redis writes, then idle."""
         self._close_bookkeeper(wait=True)
         if self.closed:
-            _exit.forget(self)
+            self._finish()
+
+    def _finish(self) -> None:
+        """Shut down and idle: exit need not wait, and aclose() may return."""
+        _exit.forget(self)
+        with contextlib.suppress(InvalidStateError):  # another thread got here first
+            self.finished.set_result(None)
 
     def _close_bookkeeper(self, *, wait: bool) -> None:
         bookkeeper = self.bookkeeper
@@ -481,6 +534,8 @@ class _Runtime:
 
     def abandon(self) -> None:
         """The executor was dropped without shutdown(): stop everything."""
+        if os.getpid() != self.owner_pid:
+            return  # a forked copy of the program dropped its copy: its threads are not here
         _exit.forget(self)
         if self.supervisor is not None:
             self.supervisor.abandon()  # its thread closes the bookkeeper when done

@@ -115,6 +115,8 @@ class ChildTask:
     child_post_fork: Callable[..., object] | None = None
     task_id: str | None = None
     memory_limit: int | None = None
+    # With close_fds: the descriptors to keep besides stdio and the result pipe.
+    keep_fds: tuple[int, ...] | None = None
 
 
 @attrs.define
@@ -376,6 +378,41 @@ def _settle_in(task: ChildTask, setup: _ChildSetup) -> None:
         swap.apply()
     if setup.busy_handlers:
         _give_fresh_streams(setup.busy_handlers)
+    if task.keep_fds is not None:
+        _neutralize_inherited_fds({0, 1, 2, setup.channel.fd, *task.keep_fds})
+
+
+def _neutralize_inherited_fds(keep: set[int]) -> None:
+    """Point every inherited descriptor not in ``keep`` at /dev/null (close_fds).
+
+    Not closed: inherited Python objects (a socket, a file) may still hold the
+    number and close it when collected, which would close whatever the task had
+    opened under the same number by then. Pointing it at /dev/null ends what it
+    was -- a client sees its connection's EOF, a listening port is free once the
+    server lets go -- and keeps the number taken.
+    """
+    for stream in _logging_streams():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            keep.add(stream.fileno())
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for entry in Path("/proc/self/fd").iterdir():
+            fd = int(entry.name)
+            if fd not in keep and fd != null:
+                try:
+                    os.dup2(null, fd, inheritable=False)
+                except OSError:
+                    pass  # the listing's own descriptor, closed by now
+    finally:
+        os.close(null)
+
+
+def _logging_streams() -> list[Any]:
+    return [
+        handler.stream
+        for handler in _all_handlers()
+        if isinstance(handler, logging.StreamHandler) and hasattr(handler.stream, "fileno")
+    ]
 
 
 def _cap_memory(limit: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import Future
 from concurrent.futures._base import (
     CANCELLED,
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("forkpool")
 
 T = TypeVar("T")
+
+# The longest a wait for a result goes without running Python code (see _wait).
+_WAIT_SLICE = 0.1
+_DONE = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
 
 # As Future's own repr names its states: a cancelled future is "cancelled".
 _STATE_NAMES = {
@@ -53,8 +58,10 @@ class ForkFuture(Future[T]):
         self._wall_time = 0.0
         self._reaped = False
         self._usage: ResourceUsage | None = None
-        # Set by the executor: asks its supervisor to drop or stop this task.
+        # Set by the executor: asks its supervisor to drop or stop this task, for
+        # cancel(), or because the wait for its result ended in an exception.
         self._on_cancel: Callable[[ForkFuture[T]], None] | None = None
+        self._on_wait_ended: Callable[[ForkFuture[T], BaseException], None] | None = None
         self._progress: object = None
         self._progress_seen = False
         self._progress_callbacks: list[Callable[[ForkFuture[T], Any], object]] = []
@@ -119,6 +126,41 @@ class ForkFuture(Future[T]):
             f"state={_STATE_NAMES.get(state, state.lower())}{outcome}{where}>"
         )
 
+    def result(self, timeout: float | None = None) -> T:
+        """The task's result; see :meth:`concurrent.futures.Future.result`.
+
+        The wait can be interrupted: it lets asynchronous exceptions (a job
+        queue's time limit raised into this thread, a signal handler's) land within
+        a tenth of a second. One that does stops the task's child, which has no one
+        left to report to, and goes on up.
+        """
+        self._wait(timeout)
+        return super().result(timeout=0)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The task's exception; interruptible as :meth:`result` is."""
+        self._wait(timeout)
+        return super().exception(timeout=0)
+
+    def _wait(self, timeout: float | None) -> None:
+        """Wait until done or ``timeout`` passes, in slices an exception can end."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            with self._condition:
+                while self._state not in _DONE:
+                    remaining = _WAIT_SLICE if deadline is None else deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    # One long wait is one C call: an exception set asynchronously on
+                    # this thread would only land once it returns.
+                    self._condition.wait(min(remaining, _WAIT_SLICE))
+        except BaseException as exc:
+            with self._condition:
+                on_wait_ended, done = self._on_wait_ended, self._state in _DONE
+            if on_wait_ended is not None and not done:
+                on_wait_ended(self, exc)
+            raise
+
     def cancel(self) -> bool:
         """Cancel the task; if it is already running, stop its child.
 
@@ -144,6 +186,7 @@ class ForkFuture(Future[T]):
                 waiter.add_cancelled(self)
             self._condition.notify_all()
             on_cancel, self._on_cancel = self._on_cancel, None
+            self._on_wait_ended = None
         # The child is stopped before any callback runs: one that raises must not
         # leave it running.
         if on_cancel is not None:
@@ -167,7 +210,7 @@ class ForkFuture(Future[T]):
         with self._condition:
             if self._state != RUNNING:
                 return
-            self._on_cancel = None
+            self._on_cancel = self._on_wait_ended = None
             if exception is not None:
                 self._exception = exception
             else:

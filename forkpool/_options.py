@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, ParamSpec, TypeVar, cast,
 import attrs
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -96,6 +96,28 @@ def check_kill_grace(value: object, name: str = "kill_grace") -> float:
     return _at_most_max_seconds(number, name)
 
 
+def check_close_fds(value: object, name: str = "close_fds") -> bool:
+    """Validate close_fds: a bool."""
+    if not isinstance(value, bool):
+        msg = f"{name} must be True or False, got {type(value).__name__}"
+        raise TypeError(msg)
+    return value
+
+
+def check_pass_fds(value: object, name: str = "pass_fds") -> tuple[int, ...]:
+    """Validate pass_fds: descriptor numbers (ints >= 0), as a sorted tuple."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        msg = f"{name} must be an iterable of descriptor numbers, got {type(value).__name__}"
+        raise TypeError(msg)
+    fds: set[int] = set()
+    for fd in cast("Iterable[object]", value):
+        if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+            msg = f"{name} must hold descriptor numbers (ints >= 0), got {fd!r}"
+            raise ValueError(msg)
+        fds.add(fd)
+    return tuple(sorted(fds))
+
+
 def _at_most_max_seconds(number: float, name: str) -> float:
     if number > MAX_SECONDS:
         msg = (
@@ -121,15 +143,12 @@ class TaskOptions:
     kill_grace: float | _Unset = UNSET
     ttl: float | _Unset = UNSET
     memory_limit: int | _Unset | None = UNSET
+    close_fds: bool | _Unset = UNSET
+    pass_fds: tuple[int, ...] | _Unset = UNSET
 
     def over(self, base: TaskOptions) -> TaskOptions:
         """Return these options with unset fields taken from ``base``."""
-        return TaskOptions(
-            timeout=base.timeout if self.timeout is UNSET else self.timeout,
-            kill_grace=base.kill_grace if self.kill_grace is UNSET else self.kill_grace,
-            ttl=base.ttl if self.ttl is UNSET else self.ttl,
-            memory_limit=base.memory_limit if self.memory_limit is UNSET else self.memory_limit,
-        )
+        return TaskOptions(**_merged(self, base, attrs.fields(TaskOptions)))
 
 
 @attrs.frozen
@@ -140,19 +159,24 @@ class ResolvedOptions:
     kill_grace: float
     ttl: float
     memory_limit: int | None = None
+    close_fds: bool = False
+    pass_fds: tuple[int, ...] = ()
 
 
 def resolve(fn: object, defaults: ResolvedOptions) -> ResolvedOptions:
     """Merge the options carried by ``fn`` over the executor's defaults."""
-    merged = options_of(fn)
-    return ResolvedOptions(
-        timeout=defaults.timeout if merged.timeout is UNSET else merged.timeout,
-        kill_grace=defaults.kill_grace if merged.kill_grace is UNSET else merged.kill_grace,
-        ttl=defaults.ttl if merged.ttl is UNSET else merged.ttl,
-        memory_limit=(
-            defaults.memory_limit if merged.memory_limit is UNSET else merged.memory_limit
-        ),
-    )
+    if not isinstance(fn, TaskWithOptions):
+        return defaults  # the common case, on the per-task path
+    return ResolvedOptions(**_merged(fn.options, defaults, attrs.fields(ResolvedOptions)))
+
+
+def _merged(
+    over: TaskOptions, base: TaskOptions | ResolvedOptions, fields: tuple[attrs.Attribute[Any], ...]
+) -> dict[str, Any]:
+    return {
+        field.name: getattr(base if getattr(over, field.name) is UNSET else over, field.name)
+        for field in fields
+    }
 
 
 def options_of(fn: object) -> TaskOptions:
@@ -251,6 +275,8 @@ def options(
     kill_grace: float | _Unset = UNSET,
     ttl: float | _Unset = UNSET,
     memory_limit: int | _Unset | None = UNSET,
+    close_fds: bool | _Unset = UNSET,
+    pass_fds: Iterable[int] | _Unset = UNSET,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Attach per-callable settings, as a decorator or at a call site.
 
@@ -262,6 +288,9 @@ def options(
             owner while it runs). Must exceed twice the executor's reap_interval.
         memory_limit: Bytes the task may allocate beyond what its child inherited;
             past that, allocations raise MemoryError in the task. None: no cap.
+        close_fds: In the child, close every inherited descriptor but stdio, the
+            result pipe, logging's streams and ``pass_fds`` (see the executor).
+        pass_fds: Descriptors a child keeps open under ``close_fds``.
 
     Returns:
         A function that wraps a callable with these settings, leaving it unchanged.
@@ -282,6 +311,8 @@ def options(
         kill_grace=kill_grace if kill_grace is UNSET else check_kill_grace(kill_grace),
         ttl=ttl if ttl is UNSET else check_positive(ttl, "ttl"),
         memory_limit=memory_limit if memory_limit is UNSET else check_memory_limit(memory_limit),
+        close_fds=close_fds if close_fds is UNSET else check_close_fds(close_fds),
+        pass_fds=pass_fds if pass_fds is UNSET else check_pass_fds(pass_fds),
     )
 
     def apply(fn: Callable[P, R]) -> Callable[P, R]:

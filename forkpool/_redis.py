@@ -104,10 +104,15 @@ class RedisSource:
 def resolve_redis(value: object, *, reap_interval: float) -> RedisSource | None:
     """Turn the executor's ``redis=`` argument into a source, or None for no Redis.
 
+    None reads ``FORKPOOL_REDIS_URL``; False means no Redis, whatever it says.
+
     Raises:
         ValueError: A URL with an unsupported scheme, or one that cannot be parsed.
-        TypeError: Neither None, a URL string, a ``redis.Redis`` nor a ``RedisCluster``.
+        TypeError: Neither None, False, a URL string, a ``redis.Redis`` nor a
+            ``RedisCluster``.
     """
+    if value is False:
+        return None
     if value is None:
         value = os.environ.get(URL_ENV, "").strip() or None
         if value is None:
@@ -116,7 +121,7 @@ def resolve_redis(value: object, *, reap_interval: float) -> RedisSource | None:
         return RedisSource.given(value)
     if not isinstance(value, str):
         msg = (
-            "redis must be None, a URL, a redis.Redis or a redis.cluster.RedisCluster "
+            "redis must be None, False, a URL, a redis.Redis or a redis.cluster.RedisCluster "
             f"client, got {type(value).__name__}"
         )
         raise TypeError(msg)

@@ -112,6 +112,12 @@ class _Cancel:
 
 
 @attrs.frozen
+class _WaitEnded:
+    future: ForkFuture[Any]
+    error: BaseException
+
+
+@attrs.frozen
 class _StopAll:
     signum: int
     reason: StopReason
@@ -141,7 +147,7 @@ class Supervisor:
         self._ready: collections.deque[WorkItem] = collections.deque()
         self._waiting: collections.deque[WorkItem] = collections.deque()
         # Filled in any thread, emptied here; deque ops are atomic.
-        self._commands: collections.deque[_Cancel | _StopAll] = collections.deque()
+        self._commands: collections.deque[_Cancel | _WaitEnded | _StopAll] = collections.deque()
         self._children: dict[int, Child] = {}
         self._poller = select.epoll()
         # The child each polled pipe or pidfd belongs to (the wake-up pipe is not here).
@@ -182,6 +188,11 @@ class Supervisor:
     def cancel(self, future: ForkFuture[Any]) -> None:
         """Stop the child of a cancelled future (a pending one is simply skipped)."""
         self._commands.append(_Cancel(future))
+        self.wake()
+
+    def wait_ended(self, future: ForkFuture[Any], error: BaseException) -> None:
+        """An exception ended the wait for ``future``'s result: stop its task."""
+        self._commands.append(_WaitEnded(future, error))
         self.wake()
 
     def stop_all(self, signum: int, reason: StopReason) -> None:
@@ -292,16 +303,26 @@ class Supervisor:
                 self._stop(child, StopReason.ABANDONED, signal.SIGTERM)
         while self._commands:
             command = self._commands.popleft()
-            if isinstance(command, _Cancel):
-                # A scan, not an index: at most max_workers children, and cancelling
-                # is rare while every task would pay for the index.
-                for child in self._children.values():
-                    if child.future is command.future:
-                        self._stop(child, StopReason.CANCELLED, signal.SIGTERM)
-                        break
-            else:
+            if isinstance(command, _StopAll):
                 for child in list(self._children.values()):
                     self._stop(child, command.reason, command.signum)
+                continue
+            target = self._child_of(command.future)
+            if isinstance(command, _Cancel):
+                if target is not None:
+                    self._stop(target, StopReason.CANCELLED, signal.SIGTERM)
+            elif target is not None:
+                self._stop(target, StopReason.WAIT_ENDED, signal.SIGTERM, error=command.error)
+            else:  # the wait ended before the fork: it never will be
+                command.future._cancel(contain=True)  # noqa: SLF001
+
+    def _child_of(self, future: ForkFuture[Any]) -> Child | None:
+        # A scan, not an index: at most max_workers children, and stopping one is
+        # rare while every task would pay for the index.
+        for child in self._children.values():
+            if child.future is future:
+                return child
+        return None
 
     def _dispatch(self) -> None:
         # Until none is left: a task that is never forked hands its slot on at once.
@@ -355,6 +376,7 @@ class Supervisor:
             child_post_fork=hooks.child_post_fork,
             task_id=task_id,
             memory_limit=item.options.memory_limit,
+            keep_fds=item.options.pass_fds if item.options.close_fds else None,
         )
         try:
             pid = self._forker.fork(task, read_fd, write_fd, self._parent_fds(read_fd))

@@ -8,11 +8,13 @@ be observed honestly from inside the pytest process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING
 import pytest
 from helpers import OutputReader, is_running, run_script, start_script, wait_for, wait_gone
 
+import forkpool
 from forkpool import ChildDiedError, ForkPerTaskExecutor, TaskTimeoutError
 
 if TYPE_CHECKING:
@@ -610,3 +613,71 @@ class TestChildIdentity:
         assert not isinstance(outcome, TaskTimeoutError), "the child hung in submit()"
         assert isinstance(outcome, str), repr(outcome)
         assert "a forked child" in outcome
+
+
+def _descriptors() -> dict[int, str]:
+    """What each of this process's descriptors refers to."""
+    found = {}
+    for fd in list(Path("/proc/self/fd").iterdir()):
+        with contextlib.suppress(FileNotFoundError):  # the listing's own, closed by now
+            found[int(fd.name)] = str(fd.readlink())
+    return found
+
+
+class TestCloseFds:
+    def test_a_child_keeps_only_what_it_needs(self, tmp_path):
+        """close_fds: only stdio, the result pipe, logging's files and pass_fds stay real."""
+        kept_file = (tmp_path / "kept").open("w")
+        log_file = tmp_path / "task.log"
+        handler = logging.FileHandler(log_file)
+        logging.getLogger("fptest.close_fds").addHandler(handler)
+        left, right = socket.socketpair()
+        try:
+            with ForkPerTaskExecutor(1, close_fds=True, pass_fds=[kept_file.fileno()]) as ex:
+                seen = ex.submit(_descriptors).result(timeout=10)
+            inherited = {left.fileno(), right.fileno()}
+            assert all(seen[fd] == "/dev/null" for fd in inherited), seen
+            assert seen[kept_file.fileno()] == str(tmp_path / "kept")
+            assert seen[handler.stream.fileno()] == str(log_file)
+            assert not [link for link in seen.values() if link.startswith("socket:")], seen
+        finally:
+            logging.getLogger("fptest.close_fds").removeHandler(handler)
+            handler.close()
+            left.close()
+            right.close()
+            kept_file.close()
+
+    def test_per_callable_close_fds_and_a_task_that_opens_files(self, tmp_path):
+        """options(close_fds=True) applies per callable; files the task opens work."""
+        left, right = socket.socketpair()
+
+        def open_and_list():
+            with (tmp_path / "new").open("w") as new:
+                new.write("written")
+            return _descriptors()
+
+        try:
+            with ForkPerTaskExecutor(1) as ex:
+                closing = ex.submit(forkpool.options(close_fds=True)(open_and_list))
+                plain = ex.submit(open_and_list)
+                assert closing.result(timeout=10)[left.fileno()] == "/dev/null"
+                assert plain.result(timeout=10)[left.fileno()].startswith("socket:")
+            assert (tmp_path / "new").read_text() == "written"
+        finally:
+            left.close()
+            right.close()
+
+    @pytest.mark.parametrize(
+        ("kwargs", "error", "message"),
+        [
+            ({"close_fds": 1}, TypeError, "close_fds must be True or False"),
+            ({"pass_fds": 3}, TypeError, "pass_fds must be an iterable"),
+            ({"pass_fds": [-1]}, ValueError, "pass_fds must hold descriptor numbers"),
+        ],
+    )
+    def test_bad_settings(self, kwargs, error, message):
+        """Bad close_fds or pass_fds values fail at the call, naming the setting."""
+        with pytest.raises(error, match=message):
+            ForkPerTaskExecutor(**kwargs)
+        with pytest.raises(error, match=message):
+            forkpool.options(**kwargs)

@@ -273,7 +273,7 @@ class TestConfiguration:
     def test_redis_of_wrong_type(self):
         """redis= of another type is a TypeError."""
         with pytest.raises(
-            TypeError, match=r"redis must be None, a URL, a redis\.Redis or a redis\.cluster"
+            TypeError, match=r"redis must be None, False, a URL, a redis\.Redis or a redis\.cluster"
         ):
             ForkPerTaskExecutor(redis=42)  # type: ignore[arg-type]
 

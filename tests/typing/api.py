@@ -46,3 +46,16 @@ VERSION: str = forkpool.__version__
 
 async def in_asyncio(ex: ForkPerTaskExecutor) -> int:
     return await asyncio.get_running_loop().run_in_executor(ex, double, 2)
+
+
+async def awaited(ex: ForkPerTaskExecutor) -> int:
+    value: int = await forkpool.run_async(ex, double, 2)
+    await ex.aclose(cancel_futures=True)
+    return value
+
+
+def per_process() -> int:
+    shared = forkpool.PerProcessExecutor(2, close_fds=True, pass_fds=[3])
+    future: ForkFuture[int] = shared.submit(double, 1)
+    shared.shutdown()
+    return future.result()

@@ -268,6 +268,7 @@ class ForkPerTaskExecutor(Executor):
             future: ForkFuture[T] = ForkFuture()
             future._on_cancel = supervisor.cancel  # noqa: SLF001 - our own future
             future._on_wait_ended = supervisor.wait_ended  # noqa: SLF001
+            future._on_signal = supervisor.send_signal  # noqa: SLF001
             supervisor.submit(WorkItem(future, fn, args, kwargs, options))
         return future
 

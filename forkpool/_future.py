@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from concurrent.futures import Future
 from concurrent.futures._base import (
@@ -62,6 +63,7 @@ class ForkFuture(Future[T]):
         # cancel(), or because the wait for its result ended in an exception.
         self._on_cancel: Callable[[ForkFuture[T]], None] | None = None
         self._on_wait_ended: Callable[[ForkFuture[T], BaseException], None] | None = None
+        self._on_signal: Callable[[ForkFuture[T], int], None] | None = None
         self._progress: object = None
         self._progress_seen = False
         self._progress_callbacks: list[Callable[[ForkFuture[T], Any], object]] = []
@@ -142,8 +144,12 @@ class ForkFuture(Future[T]):
         self._wait(timeout)
         return super().exception(timeout=0)
 
-    def _wait(self, timeout: float | None) -> None:
-        """Wait until done or ``timeout`` passes, in slices an exception can end."""
+    def _wait(self, timeout: float | None, *, stop_on_error: bool = True) -> None:
+        """Wait until done or ``timeout`` passes, in slices an exception can end.
+
+        An exception that ends the wait stops the task, unless ``stop_on_error`` is
+        false: for a caller that handles some exceptions and waits on.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             with self._condition:
@@ -155,6 +161,8 @@ class ForkFuture(Future[T]):
                     # this thread would only land once it returns.
                     self._condition.wait(min(remaining, _WAIT_SLICE))
         except BaseException as exc:
+            if not stop_on_error:
+                raise
             with self._condition:
                 on_wait_ended, done = self._on_wait_ended, self._state in _DONE
             if on_wait_ended is not None and not done:
@@ -171,6 +179,37 @@ class ForkFuture(Future[T]):
         """
         return self._cancel(contain=False)
 
+    def send_signal(self, signum: int) -> bool:
+        """Send signal ``signum`` to the task's child, if it is running.
+
+        The child alone gets it, not the rest of its process group: a handler in
+        the task decides what its own processes hear. (Whatever of the group is
+        left when the child exits is stopped, as always.) The signal is sent by
+        the executor's supervisor thread, the only one that may signal a child
+        (see its notes on recycled pids), moments after this returns.
+
+        Returns:
+            True if the task has a child that has not been reaped; False before
+            it is forked and once it is done.
+
+        Raises:
+            ValueError: ``signum`` is not a signal number of this platform.
+        """
+        if (
+            not isinstance(signum, int)
+            or isinstance(signum, bool)
+            or signum not in signal.valid_signals()
+        ):
+            msg = f"send_signal() needs a signal number, got {signum!r}"
+            raise ValueError(msg)
+        with self._condition:
+            on_signal = self._on_signal if self._state == RUNNING else None
+            forked = self.pid is not None
+        if on_signal is None or not forked:
+            return False
+        on_signal(self, signum)
+        return True
+
     def _cancel(self, *, contain: bool) -> bool:
         """cancel(); with ``contain``, no done-callback's exception escapes (forkpool's threads)."""
         with self._condition:
@@ -186,7 +225,7 @@ class ForkFuture(Future[T]):
                 waiter.add_cancelled(self)
             self._condition.notify_all()
             on_cancel, self._on_cancel = self._on_cancel, None
-            self._on_wait_ended = None
+            self._on_wait_ended = self._on_signal = None
         # The child is stopped before any callback runs: one that raises must not
         # leave it running.
         if on_cancel is not None:
@@ -210,7 +249,7 @@ class ForkFuture(Future[T]):
         with self._condition:
             if self._state != RUNNING:
                 return
-            self._on_cancel = self._on_wait_ended = None
+            self._on_cancel = self._on_wait_ended = self._on_signal = None
             if exception is not None:
                 self._exception = exception
             else:

@@ -123,6 +123,12 @@ class _StopAll:
     reason: StopReason
 
 
+@attrs.frozen
+class _Signal:
+    future: ForkFuture[Any]
+    signum: int
+
+
 class Supervisor:
     """Runs one executor's children; see the module docstring."""
 
@@ -147,7 +153,9 @@ class Supervisor:
         self._ready: collections.deque[WorkItem] = collections.deque()
         self._waiting: collections.deque[WorkItem] = collections.deque()
         # Filled in any thread, emptied here; deque ops are atomic.
-        self._commands: collections.deque[_Cancel | _WaitEnded | _StopAll] = collections.deque()
+        self._commands: collections.deque[_Cancel | _WaitEnded | _StopAll | _Signal] = (
+            collections.deque()
+        )
         self._children: dict[int, Child] = {}
         self._poller = select.epoll()
         # The child each polled pipe or pidfd belongs to (the wake-up pipe is not here).
@@ -198,6 +206,11 @@ class Supervisor:
     def stop_all(self, signum: int, reason: StopReason) -> None:
         """Signal every running child's group; SIGTERM escalates after the grace."""
         self._commands.append(_StopAll(signum, reason))
+        self.wake()
+
+    def send_signal(self, future: ForkFuture[Any], signum: int) -> None:
+        """Send ``signum`` to ``future``'s child alone, if it is still running."""
+        self._commands.append(_Signal(future, signum))
         self.wake()
 
     def cancel_pending(self, *, started_too: bool = False, contain: bool = False) -> None:
@@ -302,19 +315,24 @@ class Supervisor:
             for child in list(self._children.values()):
                 self._stop(child, StopReason.ABANDONED, signal.SIGTERM)
         while self._commands:
-            command = self._commands.popleft()
-            if isinstance(command, _StopAll):
-                for child in list(self._children.values()):
-                    self._stop(child, command.reason, command.signum)
-                continue
-            target = self._child_of(command.future)
-            if isinstance(command, _Cancel):
-                if target is not None:
-                    self._stop(target, StopReason.CANCELLED, signal.SIGTERM)
-            elif target is not None:
-                self._stop(target, StopReason.WAIT_ENDED, signal.SIGTERM, error=command.error)
-            else:  # the wait ended before the fork: it never will be
-                command.future._cancel(contain=True)  # noqa: SLF001
+            self._run_command(self._commands.popleft())
+
+    def _run_command(self, command: _Cancel | _WaitEnded | _StopAll | _Signal) -> None:
+        if isinstance(command, _StopAll):
+            for child in list(self._children.values()):
+                self._stop(child, command.reason, command.signum)
+            return
+        target = self._child_of(command.future)
+        if isinstance(command, _Signal):
+            if target is not None and not target.exited and unreaped(target.pid):
+                self._send_to_leader(target, command.signum)
+        elif isinstance(command, _Cancel):
+            if target is not None:
+                self._stop(target, StopReason.CANCELLED, signal.SIGTERM)
+        elif target is not None:
+            self._stop(target, StopReason.WAIT_ENDED, signal.SIGTERM, error=command.error)
+        else:  # the wait ended before the fork: it never will be
+            command.future._cancel(contain=True)  # noqa: SLF001
 
     def _child_of(self, future: ForkFuture[Any]) -> Child | None:
         # A scan, not an index: at most max_workers children, and stopping one is
@@ -651,13 +669,17 @@ class Supervisor:
 
     def _send(self, child: Child, signum: int) -> None:
         """Send ``signum`` to the child itself and to its process group (it is unreaped)."""
+        self._send_to_leader(child, signum)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signum)
+
+    def _send_to_leader(self, child: Child, signum: int) -> None:
+        """Send ``signum`` to the child itself (it is unreaped)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if child.pidfd is not None:
                 signal.pidfd_send_signal(child.pidfd, signum)
             else:
                 os.kill(child.pid, signum)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signum)
 
     def _enforce_deadlines(self, now: float) -> None:
         for child in list(self._timed.values()):

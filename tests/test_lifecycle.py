@@ -39,6 +39,19 @@ def _ignore_sigterm_then_sleep(ready_file: Path) -> None:
     time.sleep(60)
 
 
+def _count_usr1_with_a_grandchild(dir_: Path, wanted: int) -> int:
+    heard: list[int] = []
+    signal.signal(signal.SIGUSR1, lambda signum, _frame: heard.append(signum))
+    grandchild = subprocess.Popen(["sleep", "60"])  # SIGUSR1 would kill it
+    (dir_ / "grandchild").write_text(str(grandchild.pid))
+    deadline = time.monotonic() + 20
+    while len(heard) < wanted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if grandchild.poll() is not None:
+        return -1  # the group heard it too
+    return len(heard)
+
+
 def _read_pid(path: Path) -> int:
     wait_for(lambda: path.exists() and path.read_text(), 10, f"{path} to be written")
     return int(path.read_text())
@@ -180,6 +193,48 @@ class TestShutdown:
         ex.shutdown(wait=False)
         assert time.monotonic() - started < 0.4
         assert future.result(timeout=10) == "late"
+
+
+class TestSendSignal:
+    def test_only_the_child_hears_it_and_the_task_goes_on(self, tmp_path):
+        """send_signal() reaches the child's handler, not its group; the task still returns."""
+        with ForkPerTaskExecutor(1) as ex:
+            future = ex.submit(_count_usr1_with_a_grandchild, tmp_path, 1)
+            grandchild = _read_pid(tmp_path / "grandchild")
+            assert future.send_signal(signal.SIGUSR1)
+            assert future.result(timeout=30) == 1
+        wait_gone(grandchild, timeout=5)  # stopped with the group once the task ended
+
+    def test_an_unhandled_signal_ends_the_task(self):
+        """A signal the task does not handle kills the child; the future names it."""
+        with ForkPerTaskExecutor(1) as ex:
+            future = ex.submit(_sleep_and_return, 30)
+            wait_for(lambda: future.pid is not None, 10, "the fork")
+            assert future.send_signal(signal.SIGUSR2)
+            with pytest.raises(ChildDiedError) as info:
+                future.result(timeout=10)
+        assert info.value.signal == signal.SIGUSR2
+
+    def test_false_before_the_fork_and_after_the_end(self):
+        """send_signal() is False for a queued task and a finished one, and sends nothing."""
+        with ForkPerTaskExecutor(1) as ex:
+            running = ex.submit(_sleep_and_return, 0.5, "first")
+            queued = ex.submit(_sleep_and_return, 0, "second")
+            wait_for(lambda: running.pid is not None, 10, "the first fork")
+            assert queued.pid is None
+            assert not queued.send_signal(signal.SIGKILL)
+            assert running.result(timeout=10) == "first"
+            assert not running.send_signal(signal.SIGKILL)
+            assert queued.result(timeout=10) == "second"
+
+    @pytest.mark.parametrize("bad", ["SIGTERM", True, 0, -1, 10_000, 15.0, None])
+    def test_bad_signal_numbers_are_refused(self, bad):
+        """Anything but a valid signal number is a ValueError that names it."""
+        with ForkPerTaskExecutor(1) as ex:
+            future = ex.submit(_sleep_and_return, 0, "untouched")
+            with pytest.raises(ValueError, match="send_signal\\(\\) needs a signal number, got"):
+                future.send_signal(bad)
+            assert future.result(timeout=10) == "untouched"
 
 
 class TestStopWorkers:

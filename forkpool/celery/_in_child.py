@@ -1,0 +1,70 @@
+"""What a task's child does before its task, so that Celery code runs there as in prefork.
+
+A prefork child is set up once (``celery.concurrency.prefork.process_initializer``)
+and then runs many tasks. Each of ours is a fork of a process that is already set
+up -- the worker's main process, or a pool process for :class:`ForkedTask` -- so
+it needs only what a fork breaks, and what users hook into:
+
+- the soft time limit's handler: SIGUSR1 raises ``SoftTimeLimitExceeded`` in the
+  task, as billiard's children do (so ``revoke(terminate=True, signal="SIGUSR1")``
+  means what it means under prefork);
+- the after-fork hooks of ``multiprocessing.util.register_after_fork``, where
+  Celery and kombu drop their connection pools (a fork must never share the
+  parent's broker connection);
+- ``worker_process_init`` before the task and ``worker_process_shutdown`` after it,
+  the signals prefork sends as each child starts and ends: where users reconnect
+  their databases (Celery's Django fixup closes the inherited connections there).
+"""
+
+from __future__ import annotations
+
+import multiprocessing.util
+import os
+import signal
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+from celery import signals
+from celery._state import _set_task_join_will_block  # type: ignore[attr-defined]
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.worker import state as worker_state
+
+if TYPE_CHECKING:
+    import types
+    from collections.abc import Callable
+
+T = TypeVar("T")
+
+SOFT_TIME_LIMIT_SIGNAL = signal.SIGUSR1
+
+# Set in a task's child: a ForkedTask there runs its body in place, not in a
+# fork of the fork.
+in_task_child = False
+
+
+def _raise_soft_time_limit(signum: int, frame: types.FrameType | None) -> NoReturn:
+    del signum, frame
+    raise SoftTimeLimitExceeded
+
+
+def enter(node_name: str | None) -> None:
+    """In a fresh child, before its task: see the module docstring."""
+    global in_task_child  # noqa: PLW0603 - a fact about this process
+    # First: from here on the parent may send the soft limit.
+    signal.signal(SOFT_TIME_LIMIT_SIGNAL, _raise_soft_time_limit)
+    in_task_child = True
+    # What Celery and kombu registered to run in a fork (they rely on
+    # multiprocessing's children running it; os.fork() does not).
+    multiprocessing.util._run_after_forkers()  # type: ignore[attr-defined]  # noqa: SLF001
+    _set_task_join_will_block(True)
+    worker_state.reset_state()
+    signals.worker_process_init.send(sender=node_name)
+
+
+def run(node_name: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """In the child, after :func:`enter`: the task, then prefork's end-of-process signal."""
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        # A soft limit that falls due now must not land while the outcome is sent.
+        signal.signal(SOFT_TIME_LIMIT_SIGNAL, signal.SIG_IGN)
+        signals.worker_process_shutdown.send(sender=node_name, pid=os.getpid(), exitcode=0)

@@ -1,0 +1,410 @@
+"""ForkPool: Celery's worker pool interface over a ForkPerTaskExecutor.
+
+Threads::
+
+    worker main thread            supervisor thread          pool's callback thread
+    ------------------            -----------------          ----------------------
+    on_apply(target, ...) --> submit --> fork ----------+
+                                          |             |
+                                     parent_post_fork --+--> accept_callback(pid, t)
+                                                        |    soft limit due: timeout_callback,
+                                                        |      SIGUSR1 to the child
+                                     reap, resolve -----+--> callback / error_callback
+                                                             (+ timeout_callback, hard)
+    terminate_job(pid, sig) --> future.send_signal(sig)
+
+Celery's callbacks store results, send events and acknowledge messages; they may
+wait on the result backend or the broker. They run in one thread of the pool's, in
+the order the events happened (a task's acceptance always before its outcome),
+never in the supervisor, which must go on forking and reaping meanwhile.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import logging
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+from billiard.common import human_status
+from billiard.einfo import ExceptionInfo
+from celery.concurrency.base import BasePool
+from celery.exceptions import (
+    SoftTimeLimitExceeded,
+    Terminated,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
+
+from forkpool import _reaper
+from forkpool._errors import ChildDiedError, TaskTimeoutError
+from forkpool._executor import ForkPerTaskExecutor
+from forkpool._options import options, unwrap
+from forkpool.celery import _in_child, _settings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from forkpool._future import ForkFuture
+
+logger = logging.getLogger("forkpool.celery")
+
+# What revoke(terminate=True) sends when it names no signal (billiard's default).
+_TERM_SIGNAL: Final = signal.SIGTERM
+
+
+@attrs.define(eq=False)
+class _Job:
+    """One task as the pool runs it: what to call in the child, and whom to tell."""
+
+    target: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    node_name: str | None
+    callback: Callable[..., Any] | None
+    accept_callback: Callable[..., Any] | None
+    timeout_callback: Callable[..., Any] | None
+    error_callback: Callable[..., Any] | None
+    soft_timeout: float | None
+    timeout: float | None
+    future: ForkFuture[Any] | None = None
+    pid: int | None = None
+    # The signal terminate_job() sent, if any: a death by it means "revoked".
+    terminated_by: int | None = None
+    soft_limit_sent: bool = False
+
+    def __call__(self) -> Any:
+        """In the child: the task (Celery's tracer, which stores its outcome)."""
+        return _in_child.run(self.node_name, self.target, *self.args, **self.kwargs)
+
+
+class ApplyResult:
+    """What ``on_apply`` returns: Celery calls ``terminate`` on it, and may wait on it."""
+
+    def __init__(self, job: _Job) -> None:
+        self._job = job
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The child's return value (Celery's tracer tuple)."""
+        return self._future.result(timeout)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the task to end."""
+        self._future.exception(timeout)
+
+    def ready(self) -> bool:
+        """The task has ended."""
+        return self._future.done()
+
+    def terminate(self, signum: int | None = None) -> None:
+        """Nothing: Celery terminates a task through ``terminate_job`` once it is accepted."""
+        del signum
+
+    @property
+    def _future(self) -> ForkFuture[Any]:
+        future = self._job.future
+        assert future is not None  # set before on_apply returns  # noqa: S101
+        return future
+
+    def worker_pids(self) -> list[int]:
+        """The task's child, once forked."""
+        return [] if self._job.pid is None else [self._job.pid]
+
+
+class ForkPool(BasePool):
+    """A Celery worker pool that runs every task in a fresh fork of the worker.
+
+    Select it with ``worker_pool = "forkpool.celery:ForkPool"``, or with
+    ``CELERY_CUSTOM_WORKER_POOL=forkpool.celery:ForkPool`` and ``--pool custom``.
+    ``--concurrency`` is how many children run at once. See the package's
+    docstring for how Celery's semantics map, and ``_settings`` for its settings.
+    """
+
+    signal_safe = False  # shutting down waits for threads: not in a signal handler
+    body_can_be_buffer = True
+    task_join_will_block = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """As Celery makes every pool: ``limit`` and the worker's options."""
+        super().__init__(*args, **kwargs)
+        initargs: tuple[Any, ...] = self.options.get("initargs") or ()
+        self.node_name: str | None = initargs[1] if len(initargs) > 1 else None
+        self._default_timeout: float | None = self.options.get("timeout")
+        self._default_soft_timeout: float | None = self.options.get("soft_timeout")
+        self._executor: ForkPerTaskExecutor | None = None
+        self._callbacks = _CallbackThread()
+        self._by_pid: dict[int, _Job] = {}
+        self._tracking: dict[str, Any] = {}
+
+    # --- Celery's pool interface ------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Start the executor (and its Redis tracking and reaper) with the worker."""
+        kwargs = _settings.executor_kwargs(self.app, node_name=self.node_name)
+        self._tracking = {
+            "redis": kwargs["redis"],
+            "key_prefix": kwargs["key_prefix"],
+            "host": kwargs.get("host"),
+        }
+        try:
+            self._executor = ForkPerTaskExecutor(
+                max_workers=self.limit,
+                parent_post_fork=self._forked,
+                child_post_fork=self._enter_child,
+                **kwargs,
+            )
+        except (TypeError, ValueError) as exc:
+            raise _settings.explain(exc) from exc
+        self._callbacks.start()
+
+    def on_apply(  # type: ignore[override]  # noqa: PLR0917 - as Celery calls it
+        self,
+        target: Callable[..., Any],
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        callback: Callable[..., Any] | None = None,
+        accept_callback: Callable[..., Any] | None = None,
+        timeout_callback: Callable[..., Any] | None = None,
+        error_callback: Callable[..., Any] | None = None,
+        soft_timeout: float | None = None,
+        timeout: float | None = None,
+        **_: Any,
+    ) -> ApplyResult:
+        """Fork a child for one task; its outcome reaches the callbacks."""
+        job = _Job(
+            target,
+            tuple(args or ()),
+            dict(kwargs or {}),
+            self.node_name,
+            callback,
+            accept_callback,
+            timeout_callback,
+            error_callback,
+            soft_timeout=soft_timeout or self._default_soft_timeout,
+            timeout=timeout or self._default_timeout,
+        )
+        fn: Callable[[], Any] = job if job.timeout is None else options(timeout=job.timeout)(job)
+        job.future = self._running_executor().submit(fn)
+        job.future.add_done_callback(lambda _: self._done(job))
+        return ApplyResult(job)
+
+    def terminate_job(self, pid: int, signal: int | None = None) -> None:
+        """``revoke(terminate=True)``: send ``signal`` (SIGTERM) to that task's child."""
+        job = self._by_pid.get(pid)
+        if job is None or job.future is None:
+            return  # it has ended (billiard, too, ignores a pid it does not run)
+        job.terminated_by = signal or _TERM_SIGNAL
+        job.future.send_signal(job.terminated_by)
+
+    def on_stop(self) -> None:
+        """Warm shutdown: the running tasks finish; those not forked yet are left unacked."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        self._finish()
+
+    def on_terminate(self) -> None:
+        """Cold shutdown: stop every child (SIGTERM, then SIGKILL after the grace)."""
+        if self._executor is not None:
+            self._executor.terminate_workers()
+            self._executor.shutdown(wait=True)
+        self._finish()
+
+    def on_close(self) -> None:
+        """Take no more tasks."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+
+    def _get_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = super()._get_info()  # type: ignore[misc]  # not in the stubs
+        info.update(
+            {
+                "implementation": "forkpool.celery:ForkPool",  # what a worker is given
+                "processes": sorted(self._by_pid),
+                "tracking": {k: v for k, v in self._tracking.items() if k != "redis"},
+            }
+        )
+        return info
+
+    @property
+    def num_processes(self) -> int:
+        """How many children may run at once."""
+        return int(self.limit)
+
+    # --- the rest ---------------------------------------------------------------------
+
+    def _running_executor(self) -> ForkPerTaskExecutor:
+        if self._executor is None:
+            msg = "ForkPool.on_apply() before on_start()"
+            raise RuntimeError(msg)
+        return self._executor
+
+    def _enter_child(self, fn: object, args: object, kwargs: object) -> None:
+        del fn, args, kwargs
+        _in_child.enter(self.node_name)
+
+    def _forked(self, fn: Callable[..., Any], args: object, kwargs: object, pid: int) -> None:
+        """In the supervisor thread, just after the fork: the task is accepted."""
+        del args, kwargs
+        job: _Job = unwrap(fn)  # type: ignore[assignment]
+        job.pid = pid
+        self._by_pid[pid] = job  # only this thread adds and removes: no pid mix-ups
+        self._callbacks.call(_accept, job, time.monotonic())
+        if job.soft_timeout is not None:
+            self._callbacks.call_later(job.soft_timeout, _soft_limit_reached, job)
+
+    def _done(self, job: _Job) -> None:
+        """The future's done-callback (the supervisor thread, for a forked task)."""
+        if job.pid is not None and self._by_pid.get(job.pid) is job:
+            del self._by_pid[job.pid]
+        self._callbacks.call(self._ended, job)
+
+    def _ended(self, job: _Job) -> None:
+        """In the callback thread: tell Celery how the task ended."""
+        future = job.future
+        assert future is not None  # noqa: S101 - set in on_apply
+        if future.cancelled():
+            return  # never forked (a shutdown): unacknowledged, the broker redelivers it
+        error = future.exception()
+        if error is None:
+            _safely(job.callback, future.result())
+        elif isinstance(error, TaskTimeoutError):
+            # As billiard does: the failure, then the timeout handler (which logs it).
+            _safely(job.error_callback, _exc_info(TimeLimitExceeded(job.timeout)))
+            _safely(job.timeout_callback, soft=False, timeout=job.timeout)
+        elif isinstance(error, ChildDiedError) and job.terminated_by is not None:
+            _safely(job.error_callback, _exc_info(Terminated(error.signal or job.terminated_by)))
+        elif (
+            isinstance(error, ChildDiedError)
+            and job.soft_limit_sent
+            and error.signal == _in_child.SOFT_TIME_LIMIT_SIGNAL
+        ):
+            # The limit fell due before the child had installed its handler.
+            _safely(job.error_callback, _exc_info(SoftTimeLimitExceeded()))
+        elif isinstance(error, ChildDiedError):
+            status = -error.signal if error.signal else error.exitcode
+            how = "" if status is None else f" {human_status(status)}."
+            lost = WorkerLostError(f"Worker exited prematurely:{how} ({error})")
+            _safely(job.error_callback, _exc_info(lost))
+        else:
+            _safely(job.error_callback, _exc_info(error))
+
+    def _finish(self) -> None:
+        """After the executor is done: the last callbacks, then this worker's leftovers."""
+        self._callbacks.stop()
+        self._kill_leftovers()
+
+    def _kill_leftovers(self) -> None:
+        """``kill_all`` for this worker: what its children left behind, if tracked."""
+        redis = self._tracking.get("redis")
+        if redis is False or redis is None:
+            return
+        try:
+            stopped = _reaper.kill_all(
+                redis,
+                host=self._tracking["host"],
+                key_prefix=self._tracking["key_prefix"],
+            )
+        except Exception:
+            logger.warning("could not stop this worker's leftover children", exc_info=True)
+            return
+        if stopped:
+            logger.warning("stopped %d leftover child(ren) of this worker", stopped)
+
+
+def _accept(job: _Job, accepted_at: float) -> None:
+    _safely(job.accept_callback, job.pid, accepted_at)
+
+
+def _soft_limit_reached(job: _Job) -> None:
+    """In the callback thread, at the soft limit: as billiard, say so, then signal."""
+    future = job.future
+    if future is None or future.done():
+        return
+    _safely(job.timeout_callback, soft=True, timeout=job.soft_timeout)
+    job.soft_limit_sent = True
+    future.send_signal(_in_child.SOFT_TIME_LIMIT_SIGNAL)
+
+
+def _exc_info(error: BaseException) -> ExceptionInfo:
+    """Celery's failure handlers take an ExceptionInfo, which reads sys.exc_info()."""
+    try:
+        raise error  # noqa: TRY301 - ExceptionInfo needs a traceback, which only raising makes
+    except BaseException:  # noqa: BLE001 - captured, not handled
+        return ExceptionInfo()
+
+
+def _safely(fn: Callable[..., Any] | None, *args: Any, **kwargs: Any) -> None:
+    """Call one of Celery's callbacks: what it raises is logged, as billiard does."""
+    if fn is None:
+        return
+    try:
+        fn(*args, **kwargs)
+    except Exception:
+        logger.exception("Celery's pool callback %r raised", fn)
+
+
+class _CallbackThread:
+    """Runs calls in order, in one thread, and timed calls when they fall due."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._calls: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self._timed: list[tuple[float, int, Callable[..., Any], tuple[Any, ...]]] = []
+        self._order = itertools.count()
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._run, name="forkpool-celery-callbacks", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        with self._condition:
+            self._calls.append((fn, args))
+            self._condition.notify()
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
+        with self._condition:
+            heapq.heappush(self._timed, (time.monotonic() + delay, next(self._order), fn, args))
+            self._condition.notify()
+
+    def stop(self) -> None:
+        """Run what is queued (timed calls are dropped), then end the thread."""
+        with self._condition:
+            self._stopping = True
+            self._condition.notify()
+        if self._thread.ident is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                fn, args = self._next()
+            if fn is None:
+                return
+            try:
+                fn(*args)
+            except Exception:
+                logger.exception("forkpool's Celery callback thread: %r raised", fn)
+
+    def _next(self) -> tuple[Callable[..., Any] | None, tuple[Any, ...]]:
+        """The next call due (condition held); (None, ()) once stopped and drained."""
+        while True:
+            now = time.monotonic()
+            if self._timed and self._timed[0][0] <= now and not self._stopping:
+                _, _, fn, args = heapq.heappop(self._timed)
+                return fn, args
+            if self._calls:
+                return self._calls.popleft()
+            if self._stopping:
+                return None, ()
+            wait = self._timed[0][0] - now if self._timed else None
+            self._condition.wait(wait)

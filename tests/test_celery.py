@@ -1,0 +1,378 @@
+"""forkpool.celery against real Celery workers, on a real Redis (and RabbitMQ) broker.
+
+Each worker is a ``celery worker`` subprocess running tests/celery_app.py; tests
+send it tasks by name and look at what the tasks reported, at the result backend,
+and at the processes in /proc.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import time
+import uuid
+
+import pytest
+import redis
+from celery import Celery
+from celery.exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
+from celery_worker import CeleryWorker, descendants
+from helpers import OwnServer, is_running, wait_for, wait_gone
+
+from forkpool.celery import ForkPool
+from forkpool.celery._settings import executor_kwargs, tracking_redis
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def _rabbitmq_runs() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(name="server", scope="module")
+def fixture_server():
+    """A Valkey server: broker, result backend and forkpool's tracking, all three."""
+    server = OwnServer()
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(name="worker", scope="module")
+def fixture_worker(server, tmp_path_factory):
+    """One ForkPool worker (two children at a time) shared by the tests that leave it be."""
+    worker = CeleryWorker(
+        tmp_path_factory.mktemp("celery"),
+        broker=server,
+        backend=server,
+        tracking=server,
+        concurrency=2,
+    )
+    with worker:
+        yield worker
+
+
+@pytest.fixture(name="client", scope="module")
+def fixture_client(worker):
+    app = worker.client()
+    yield app
+    app.close()
+
+
+def _name() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def _tracked(url: str, worker: CeleryWorker, host: str) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.zcard(f"{worker.prefix}:{{{host}}}:active"))
+    finally:
+        client.close()
+
+
+class TestForkPool:
+    def test_each_task_runs_in_a_fresh_child_of_the_worker(self, worker, client):
+        """Each task gets its own child of the worker process; worker_process_init runs in it."""
+        results = [client.send_task("celery_app.whoami").get(timeout=30) for _ in range(3)]
+        pids = {result["pid"] for result in results}
+        assert len(pids) == 3
+        assert {result["ppid"] for result in results} == {worker.pid}
+        for pid in pids:
+            assert worker.has_report(f"init-{pid}")
+            wait_gone(pid)
+
+    def test_memory_stays_flat_after_20_heavy_tasks(self, worker, client):
+        """20 tasks that each keep 50 MiB leave the worker's tree within 10 MiB of its size."""
+        client.send_task("celery_app.noop").get(timeout=30)
+        before = worker.tree_rss_mib()
+        results = [client.send_task("celery_app.heavy", args=(50,)) for _ in range(20)]
+        # Each child starts from the worker's state: what a task keeps dies with it.
+        assert [result.get(timeout=60) for result in results] == [1] * 20
+        # A child stores its result, then exits: measure once the last is gone.
+        wait_for(lambda: not descendants(worker.pid), 10, "the last children to exit")
+        grown = worker.tree_rss_mib() - before
+        print(f"\nworker tree: {before:.1f} MiB, then {grown:+.1f} MiB after 20 x 50 MiB")
+        assert grown <= 10, grown
+
+    def test_hard_time_limit_fails_the_task_and_stops_its_processes(self, worker, client):
+        """At the hard limit the child's group is stopped; the task fails with TimeLimitExceeded."""
+        name = _name()
+        started = time.monotonic()
+        result = client.send_task("celery_app.runs_past_hard_limit", args=(name,))
+        with pytest.raises(TimeLimitExceeded):
+            result.get(timeout=30)
+        elapsed = time.monotonic() - started
+        assert result.state == "FAILURE"
+        facts = worker.report(f"{name}-started")
+        wait_gone(facts["pid"], 5)
+        wait_gone(facts["grandchild"], 5)
+        assert elapsed < 5, elapsed
+        assert (
+            f"Hard time limit (1s) exceeded for celery_app.runs_past_hard_limit[{result.id}]"
+            in (worker.log_text())
+        )
+
+    def test_soft_time_limit_is_raised_inside_the_task(self, worker, client):
+        """At the soft limit SoftTimeLimitExceeded is raised in the task, which may clean up."""
+        name = _name()
+        started = time.monotonic()
+        result = client.send_task("celery_app.cleans_up_at_soft_limit", args=(name,))
+        assert result.get(timeout=30) == "cleaned up"
+        elapsed = time.monotonic() - started
+        assert result.state == "SUCCESS"
+        assert worker.report(f"{name}-soft")["pid"] == worker.report(f"{name}-started")["pid"]
+        assert 1 <= elapsed < 5, elapsed
+        assert "Soft time limit (1s) exceeded for celery_app.cleans_up_at_soft_limit" in (
+            worker.log_text()
+        )
+
+    def test_revoke_terminate_stops_that_tasks_child(self, worker, client):
+        """revoke(terminate=True) sends SIGTERM to the task's child; the task is revoked."""
+        name = _name()
+        result = client.send_task("celery_app.sleeper", args=(name, 30))
+        child = worker.report(f"{name}-started")["pid"]
+        result.revoke(terminate=True)
+        wait_gone(child, 10)
+        with pytest.raises(TaskRevokedError):
+            result.get(timeout=30)
+        assert result.state == "REVOKED"
+        assert not worker.has_report(f"{name}-finished")
+
+    def test_revoke_terminate_sends_the_signal_asked_for(self, worker, client):
+        """revoke(terminate=True, signal="SIGUSR1") raises SoftTimeLimitExceeded in the task."""
+        name = _name()
+        result = client.send_task("celery_app.handles_usr1", args=(name,))
+        child = worker.report(f"{name}-started")["pid"]
+        result.revoke(terminate=True, signal="SIGUSR1")
+        assert worker.report(f"{name}-usr1", 10)["pid"] == child
+        wait_gone(child, 10)
+
+    def test_a_crash_fails_one_task_with_worker_lost(self, worker, client):
+        """A child killed outright fails its task with WorkerLostError; the pool goes on."""
+        result = client.send_task("celery_app.crashes")
+        with pytest.raises(WorkerLostError, match="SIGKILL"):
+            result.get(timeout=30)
+        assert client.send_task("celery_app.whoami").get(timeout=30)["ppid"] == worker.pid
+
+    def test_a_forked_task_runs_in_place_in_a_pool_child(self, worker, client):
+        """A ForkedTask under ForkPool runs in the task's child, not in a fork of it."""
+        result = client.send_task("celery_app.forked_heavy", args=(1,)).get(timeout=30)
+        assert result["ppid"] == worker.pid
+        assert result["retained"] == 1
+
+    def test_info_names_the_pool_and_its_tracking(self, worker, client):
+        """`celery inspect stats` shows the pool, its concurrency and where it tracks children."""
+        stats = client.control.inspect(destination=[_node(worker)], timeout=10).stats()
+        pool = stats[_node(worker)]["pool"]
+        assert pool["implementation"] == "forkpool.celery:ForkPool"
+        assert pool["max-concurrency"] == 2
+        assert pool["tracking"] == {"key_prefix": worker.prefix, "host": _node(worker)}
+
+
+def _node(worker: CeleryWorker) -> str:
+    return worker.node.replace("%h", socket.gethostname())
+
+
+class TestInProcess:
+    """ForkPool and the settings driven directly, as a worker would, without one."""
+
+    @pytest.fixture(name="app")
+    def fixture_app(self):
+        app = Celery("fptest-inprocess", broker="amqp://guest:guest@127.0.0.1:5672//")
+        app.conf.forkpool_kill_grace = 1.0
+        yield app
+        app.close()
+
+    def test_the_pool_reports_the_childs_pid_then_its_result(self, app):
+        """accept_callback gets the child's pid before callback gets the task's value."""
+        events: queue.Queue[tuple[str, object]] = queue.Queue()
+        pool = ForkPool(limit=1, app=app)
+        pool.on_start()
+        try:
+            pool.apply_async(
+                os.getpid,
+                accept_callback=lambda pid, _at: events.put(("accepted", pid)),
+                callback=lambda value: events.put(("result", value)),
+            )
+            accepted, result = events.get(timeout=10), events.get(timeout=10)
+        finally:
+            pool.on_stop()
+        assert accepted[0] == "accepted"
+        assert result == ("result", accepted[1])
+        assert accepted[1] != os.getpid()
+
+    def test_a_bad_setting_is_named_when_the_pool_starts(self, app):
+        """A setting the executor refuses fails on_start() with the setting's name."""
+        app.conf.forkpool_kill_grace = "soon"
+        with pytest.raises(TypeError, match="Celery setting forkpool_kill_grace: kill_grace"):
+            ForkPool(limit=1, app=app).on_start()
+
+    def test_children_are_tracked_where_the_settings_say(self, app, monkeypatch):
+        """forkpool_redis, else FORKPOOL_REDIS_URL, else a Redis broker, else no tracking."""
+        monkeypatch.delenv("FORKPOOL_REDIS_URL", raising=False)
+        monkeypatch.delenv("FORKPOOL_HOST", raising=False)
+        assert tracking_redis(app) is False  # an AMQP broker
+        app.conf.broker_url = "redis://127.0.0.1:6379/3"
+        assert tracking_redis(app) == "redis://127.0.0.1:6379/3"
+        monkeypatch.setenv("FORKPOOL_REDIS_URL", "redis://127.0.0.1:6379/4")
+        assert tracking_redis(app) == "redis://127.0.0.1:6379/4"
+        app.conf.forkpool_redis = "redis://127.0.0.1:6379/5"
+        kwargs = executor_kwargs(app, node_name="celery@box")
+        assert kwargs["redis"] == "redis://127.0.0.1:6379/5"
+        assert kwargs["host"] == "celery@box"
+        assert kwargs["close_fds"] is True
+
+
+class TestShutdown:
+    def test_warm_shutdown_finishes_running_tasks(self, server, tmp_path):
+        """SIGTERM: the running task finishes; one not yet forked goes to the next worker."""
+        name = _name()
+        first = CeleryWorker(tmp_path, broker=server, backend=server, tracking=server)
+        with first:
+            client = first.client()
+            running = client.send_task("celery_app.sleeper", args=(f"{name}-a", 2))
+            first.report(f"{name}-a-started")
+            queued = client.send_task("celery_app.sleeper", args=(f"{name}-b", 0.1))
+            wait_for(lambda: f"[{queued.id}] received" in first.log_text(), 10, "the prefetch")
+            first.signal(signal.SIGTERM)
+            assert first.wait(30) == 0
+            assert running.get(timeout=10) == "slept 2"
+            assert not first.has_report(f"{name}-b-started")
+        second = CeleryWorker(
+            tmp_path, broker=server, backend=server, tracking=server, queue=first.queue
+        )
+        with second:
+            assert queued.get(timeout=60) == "slept 0.1"
+        client.close()
+
+    def test_cold_shutdown_stops_the_children(self, server, tmp_path):
+        """SIGQUIT: every child and the processes it started are stopped, and the worker exits."""
+        name = _name()
+        worker = CeleryWorker(tmp_path, broker=server, backend=server, tracking=server)
+        with worker:
+            client = worker.client()
+            client.send_task("celery_app.holds_a_grandchild", args=(name,))
+            facts = worker.report(f"{name}-started")
+            started = time.monotonic()
+            worker.signal(signal.SIGQUIT)
+            worker.wait(30)
+            print(f"\ncold shutdown took {time.monotonic() - started:.2f}s")
+            wait_gone(facts["pid"], 5)
+            wait_gone(facts["grandchild"], 5)
+            client.close()
+
+    def test_after_sigkill_of_the_worker_its_leftovers_are_stopped(self, server, tmp_path):
+        """A SIGKILLed worker's child dies with it; the next worker stops what the child started."""
+        name = _name()
+        first = CeleryWorker(tmp_path, broker=server, backend=server, tracking=server)
+        host = _node(first)
+        with first:
+            client = first.client()
+            client.send_task("celery_app.holds_a_grandchild", args=(name,))
+            facts = first.report(f"{name}-started")
+            # Tracking is written behind the task, never before it: let it land.
+            wait_for(lambda: _tracked(server, first, host) == 1, 10, "the child's entry")
+            first.signal(signal.SIGKILL)
+            first.wait(10)
+            wait_gone(facts["pid"], 5)  # the parent-death signal
+            # Out of reach of that signal, and of its dead owner: forkpool's to stop.
+            assert is_running(facts["grandchild"])
+            assert _tracked(server, first, host) == 1
+            second = CeleryWorker(
+                tmp_path,
+                broker=server,
+                backend=server,
+                tracking=server,
+                node=first.node,
+                prefix=first.prefix,
+                queue=first.queue,
+            )
+            with second:
+                wait_gone(facts["grandchild"], 20)
+                wait_for(lambda: _tracked(server, first, host) == 0, 20, "the entry's removal")
+            client.close()
+
+
+@pytest.mark.skipif(
+    not _rabbitmq_runs() and not os.environ.get("CI"), reason="no RabbitMQ on 127.0.0.1:5672"
+)
+def test_on_rabbitmq_tasks_revokes_and_warm_shutdown_work(server, tmp_path):
+    """With RabbitMQ as broker: results, revoke(terminate=True), a warm shutdown's redelivery."""
+    name = _name()
+    first = CeleryWorker(tmp_path, broker=RABBITMQ, backend=server, tracking=server)
+    with first:
+        client = first.client()
+        assert client.send_task("celery_app.whoami").get(timeout=30)["ppid"] == first.pid
+        revoked = client.send_task("celery_app.sleeper", args=(f"{name}-r", 30))
+        child = first.report(f"{name}-r-started")["pid"]
+        revoked.revoke(terminate=True)
+        wait_gone(child, 10)
+        with pytest.raises(TaskRevokedError):
+            revoked.get(timeout=30)
+        running = client.send_task("celery_app.sleeper", args=(f"{name}-a", 2))
+        first.report(f"{name}-a-started")
+        queued = client.send_task("celery_app.sleeper", args=(f"{name}-b", 0.1))
+        wait_for(lambda: f"[{queued.id}] received" in first.log_text(), 10, "the prefetch")
+        first.signal(signal.SIGTERM)
+        assert first.wait(30) == 0
+        assert running.get(timeout=10) == "slept 2"
+    second = CeleryWorker(
+        tmp_path, broker=RABBITMQ, backend=server, tracking=server, queue=first.queue
+    )
+    with second:
+        assert queued.get(timeout=60) == "slept 0.1"
+    client.close()
+
+
+class TestForkedTask:
+    def test_under_prefork_the_pool_process_keeps_no_memory(self, server, tmp_path):
+        """A ForkedTask's body runs in a fork of the prefork process, which stays its size."""
+        worker = CeleryWorker(tmp_path, broker=server, backend=server, pool="prefork")
+        with worker:
+            client = worker.client()
+            warm = client.send_task("celery_app.forked_heavy", args=(1,)).get(timeout=30)
+            before = worker.tree_rss_mib()
+            results = [
+                client.send_task("celery_app.forked_heavy", args=(50,)).get(timeout=30)
+                for _ in range(10)
+            ]
+            grown = worker.tree_rss_mib() - before
+            client.close()
+        assert {result["ppid"] for result in results} == {warm["ppid"]}  # one pool process
+        assert len({result["pid"] for result in results}) == 10  # a fork each
+        assert [result["retained"] for result in results] == [1] * 10
+        print(f"\nprefork tree: {before:.1f} MiB, then {grown:+.1f} MiB after 10 x 50 MiB")
+        assert grown <= 10, grown
+
+    @pytest.mark.parametrize("pool", ["prefork", "threads"])
+    def test_time_limits_reach_the_body(self, server, tmp_path, pool):
+        """The soft limit is raised in the forked body; the hard one stops the body's processes."""
+        name = _name()
+        worker = CeleryWorker(tmp_path, broker=server, backend=server, pool=pool)
+        with worker:
+            client = worker.client()
+            pool_process = client.send_task("celery_app.forked_heavy", args=(1,)).get(timeout=30)
+            soft = client.send_task("celery_app.forked_cleans_up", args=(f"{name}-s",))
+            assert soft.get(timeout=30) == "cleaned up"
+            assert (
+                worker.report(f"{name}-s-soft")["pid"] == worker.report(f"{name}-s-started")["pid"]
+            )
+            hard = client.send_task("celery_app.forked_past_hard_limit", args=(f"{name}-h",))
+            with pytest.raises(TimeLimitExceeded):
+                hard.get(timeout=30)
+            facts = worker.report(f"{name}-h-started")
+            wait_gone(facts["pid"], 5)
+            wait_gone(facts["grandchild"], 5)
+            # The pool process lived on: prefork did not have to kill it.
+            after = client.send_task("celery_app.forked_heavy", args=(1,)).get(timeout=30)
+            assert after["ppid"] == pool_process["ppid"]
+            client.close()

@@ -22,9 +22,10 @@ def test_bench_smoke(tmp_path):
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for section in ("task throughput", "process-tree RSS", "MiB results", "latency", "targets:"):
+    sections = ("task throughput", "process-tree RSS", "MiB results", "latency", "Celery workers")
+    for section in (*sections, "targets:"):
         assert section in result.stdout
-    contenders = ["bare fork loop", "forkpool + Redis", "pebble"]
+    contenders = ["bare fork loop", "forkpool + Redis", "pebble", "forkpool pool", "ForkedTask"]
     if sys.version_info >= (3, 11):  # ProcessPoolExecutor's max_tasks_per_child
         contenders += ["(forkserver)", "(spawn)"]
     for contender in contenders:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/helpers.py
 
 import redis
+from celery_bench import measure_celery
 from helpers import OwnServer
 
 import forkpool
@@ -404,6 +405,24 @@ def targets(results: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
         )
     )
     rows.append(("Redis commands per task (at most)", results["redis_commands_per_task"], 2.0))
+    celery = results["celery"]
+    per_task = celery["per_task_ms"]
+    rows.append(
+        (
+            "Celery per no-op task: prefork max_tasks_per_child=1 / forkpool pool",
+            per_task["prefork max_tasks_per_child=1"] / per_task["forkpool pool"],
+            10.0,
+        )
+    )
+    for label in ("forkpool pool", "prefork + ForkedTask"):
+        rss = celery["tree_rss_mib"][label]
+        rows.append(
+            (
+                f"Celery {label}: RSS growth, {celery['heavy_tasks']} heavy tasks (MiB, at most)",
+                rss["after_mib"] - rss["before_mib"],
+                10.0,
+            )
+        )
     out = []
     for name, measured, required in rows:
         at_most = "at most" in name
@@ -428,6 +447,16 @@ def print_report(results: dict[str, Any]) -> None:
     for size, times in results["latency_s_by_parent_mib"].items():
         print(f"  {size:>5} MiB: " + ", ".join(f"{k} {v * 1000:.2f}" for k, v in times.items()))
     print(f"\nRedis commands per task: {results['redis_commands_per_task']:.2f}")
+    celery = results["celery"]
+    print(f"\nCelery workers, -c {celery['concurrency']} (ms per no-op task, median of bursts):")
+    for name, ms in celery["per_task_ms"].items():
+        print(f"  {name:<42} {ms:9.2f}")
+    print(
+        f"Celery worker tree RSS around {celery['heavy_tasks']} tasks keeping"
+        f" {celery['heavy_mib']} MiB each (MiB):"
+    )
+    for name, rss in celery["tree_rss_mib"].items():
+        print(f"  {name:<42} {rss['before_mib']:7.0f} -> {rss['after_mib']:7.0f}")
     print("\ntargets:")
     for name, measured, required, met in results["targets"]:
         print(f"  [{'met' if met else 'MISSED'}] {name}: {measured:.2f} (target {required:g})")
@@ -519,6 +548,13 @@ def main() -> int:
             ),
             "redis_commands_per_task": measure_redis_commands(
                 server.url, tasks=10 if smoke else 300, workers=2
+            ),
+            "celery": measure_celery(
+                server.url,
+                tasks=4 if smoke else 40,
+                rounds=1 if smoke else 5,
+                heavy_tasks=2 if smoke else 20,
+                heavy_mib=8 if smoke else 50,
             ),
         }
     finally:

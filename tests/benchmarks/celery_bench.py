@@ -1,0 +1,113 @@
+"""The Celery part of the benchmark suite: real workers, one per contender, in one run.
+
+Every contender is a real ``celery worker`` (tests/celery_worker.py) with two
+processes for tasks, on the bench's own Valkey as broker and result backend:
+
+- ``prefork``: Celery's default pool, processes reused for every task;
+- ``prefork max_tasks_per_child=1``: a fresh pool process per task, Celery's own
+  cure for tasks that leak;
+- ``forkpool pool``: ``forkpool.celery:ForkPool``, a fresh fork per task;
+- ``prefork + ForkedTask``: prefork, with the task's body in a fork of the pool
+  process (``base=forkpool.celery.ForkedTask``).
+
+Per-task cost: a burst of no-op tasks sent at once, from the first send to the
+last result, over the number of tasks; rounds interleave the contenders. Memory:
+the worker's whole process tree (resident), before and after heavy tasks that each
+keep a block of memory alive in the process that ran them, as a leaky cache would.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from celery_worker import CeleryWorker, descendants
+from helpers import wait_for
+
+CONCURRENCY = 2
+# (label, the worker's pool, the no-op task, the heavy task)
+CONTENDERS = [
+    ("prefork", "prefork", "noop", "heavy"),
+    ("prefork max_tasks_per_child=1", "prefork-mtpc1", "noop", "heavy"),
+    ("forkpool pool", "forkpool", "noop", "heavy"),
+    ("prefork + ForkedTask", "prefork", "forked_noop", "forked_heavy"),
+]
+
+
+def measure_celery(
+    url: str, *, tasks: int, rounds: int, heavy_tasks: int, heavy_mib: int
+) -> dict[str, Any]:
+    """Per-task milliseconds and tree RSS (MiB) before and after the heavy tasks."""
+    with tempfile.TemporaryDirectory(prefix="forkpool-bench-celery-") as workdir:
+        workers = {
+            label: CeleryWorker(
+                Path(workdir), broker=url, backend=url, pool=pool, concurrency=CONCURRENCY
+            )
+            for label, pool, _, _ in CONTENDERS
+        }
+        try:
+            for worker in workers.values():
+                worker.start(timeout=60)
+            clients = {label: worker.client() for label, worker in workers.items()}
+            for label, _, noop, _ in CONTENDERS:  # a connection and a first task each
+                _burst(clients[label], noop, CONCURRENCY)
+            seconds: dict[str, list[float]] = {label: [] for label, *_ in CONTENDERS}
+            for _ in range(rounds):
+                for label, _, noop, _ in CONTENDERS:
+                    started = time.perf_counter()
+                    _burst(clients[label], noop, tasks)
+                    seconds[label].append(time.perf_counter() - started)
+            memory = {
+                label: _heavy_growth(workers[label], clients[label], heavy, heavy_tasks, heavy_mib)
+                for label, _, _, heavy in CONTENDERS
+            }
+        finally:
+            for worker in workers.values():
+                worker.stop()
+    return {
+        "concurrency": CONCURRENCY,
+        "heavy_tasks": heavy_tasks,
+        "heavy_mib": heavy_mib,
+        "per_task_ms": {
+            label: statistics.median(times) / tasks * 1000 for label, times in seconds.items()
+        },
+        "tree_rss_mib": memory,
+    }
+
+
+def _burst(client: Any, task: str, count: int) -> None:
+    """Send ``count`` no-op tasks at once; wait for every result, each checked."""
+    results = [client.send_task(f"celery_app.{task}") for _ in range(count)]
+    for result in results:
+        value = result.get(timeout=120)
+        if value is not None:
+            msg = f"celery_app.{task} returned {value!r}, not None"
+            raise AssertionError(msg)
+
+
+def _heavy_growth(
+    worker: CeleryWorker, client: Any, task: str, count: int, mib: int
+) -> dict[str, float]:
+    processes = _settled_processes(worker)
+    before = worker.tree_rss_mib()
+    for _ in range(count):  # one at a time: each lands wherever the pool puts it
+        value = client.send_task(f"celery_app.{task}", args=(mib,)).get(timeout=120)
+        if not value:
+            msg = f"celery_app.{task}({mib}) returned {value!r}"
+            raise AssertionError(msg)
+    _settled_processes(worker, processes)
+    return {"before_mib": before, "after_mib": worker.tree_rss_mib()}
+
+
+def _settled_processes(worker: CeleryWorker, expected: int | None = None) -> int:
+    """How many processes the worker has once the last task's are gone (or replaced)."""
+    if expected is not None:
+        wait_for(
+            lambda: len(descendants(worker.pid)) <= expected,
+            30,
+            "the worker's task processes to be gone",
+        )
+    return len(descendants(worker.pid))

@@ -85,16 +85,21 @@ def sleeper(name: str, seconds: float) -> str:
     return f"slept {seconds}"
 
 
-@app.task(soft_time_limit=1, time_limit=30)
-def cleans_up_at_soft_limit(name: str) -> str:
-    """Sleep until the soft limit lands, then clean up and return."""
+def _sleep_until_soft_limit(name: str, heard: str, then: str) -> str:
+    """Report its start, sleep; at SoftTimeLimitExceeded report ``heard``, return ``then``."""
     report(f"{name}-started", pid=os.getpid())
     try:
         time.sleep(30)
     except SoftTimeLimitExceeded:
-        report(f"{name}-soft", pid=os.getpid())
-        return "cleaned up"
+        report(f"{name}-{heard}", pid=os.getpid())
+        return then
     return "not limited"
+
+
+@app.task(soft_time_limit=1, time_limit=30)
+def cleans_up_at_soft_limit(name: str) -> str:
+    """Sleep until the soft limit lands, then clean up and return."""
+    return _sleep_until_soft_limit(name, "soft", "cleaned up")
 
 
 @app.task(time_limit=1)
@@ -109,13 +114,7 @@ def runs_past_hard_limit(name: str) -> str:
 @app.task
 def handles_usr1(name: str) -> str:
     """Run until revoked with SIGUSR1 (a soft limit by hand), then return."""
-    report(f"{name}-started", pid=os.getpid())
-    try:
-        time.sleep(30)
-    except SoftTimeLimitExceeded:
-        report(f"{name}-usr1", pid=os.getpid())
-        return "stopped gracefully"
-    return "ran to the end"
+    return _sleep_until_soft_limit(name, "usr1", "stopped gracefully")
 
 
 @app.task

@@ -86,6 +86,7 @@ class CeleryWorker:
             "info",
         ]
         self.process: subprocess.Popen[bytes] | None = None
+        self._clients: list[Celery] = []
 
     # --- life ---------------------------------------------------------------------------
 
@@ -131,7 +132,12 @@ class CeleryWorker:
         return self.process.wait(timeout)
 
     def stop(self) -> None:
-        """Make sure the worker and its session are gone (cold shutdown, then SIGKILL)."""
+        """Make sure the worker and its session are gone (cold shutdown, then SIGKILL).
+
+        The clients made by :meth:`client` are closed too.
+        """
+        while self._clients:
+            self._clients.pop().close()
         if self.process is None:
             return
         if self.alive:
@@ -182,6 +188,7 @@ class CeleryWorker:
             task_default_queue=self.queue,
             broker_connection_retry_on_startup=True,
         )
+        self._clients.append(app)
         return app
 
 

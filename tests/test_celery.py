@@ -239,20 +239,7 @@ class TestShutdown:
         first = CeleryWorker(tmp_path, broker=server, backend=server, tracking=server)
         with first:
             client = first.client()
-            running = client.send_task("celery_app.sleeper", args=(f"{name}-a", 2))
-            first.report(f"{name}-a-started")
-            queued = client.send_task("celery_app.sleeper", args=(f"{name}-b", 0.1))
-            wait_for(lambda: f"[{queued.id}] received" in first.log_text(), 10, "the prefetch")
-            first.signal(signal.SIGTERM)
-            assert first.wait(30) == 0
-            assert running.get(timeout=10) == "slept 2"
-            assert not first.has_report(f"{name}-b-started")
-        second = CeleryWorker(
-            tmp_path, broker=server, backend=server, tracking=server, queue=first.queue
-        )
-        with second:
-            assert queued.get(timeout=60) == "slept 0.1"
-        client.close()
+            _warm_shutdown_hands_on_what_was_not_forked(first, client, name, tmp_path)
 
     def test_cold_shutdown_stops_the_children(self, server, tmp_path):
         """SIGQUIT: every child and the processes it started are stopped, and the worker exits."""
@@ -268,7 +255,6 @@ class TestShutdown:
             print(f"\ncold shutdown took {time.monotonic() - started:.2f}s")
             wait_gone(facts["pid"], 5)
             wait_gone(facts["grandchild"], 5)
-            client.close()
 
     def test_after_sigkill_of_the_worker_its_leftovers_are_stopped(self, server, tmp_path):
         """A SIGKILLed worker's child dies with it; the next worker stops what the child started."""
@@ -299,14 +285,13 @@ class TestShutdown:
             with second:
                 wait_gone(facts["grandchild"], 20)
                 wait_for(lambda: _tracked(server, first, host) == 0, 20, "the entry's removal")
-            client.close()
 
 
 @pytest.mark.skipif(
     not _rabbitmq_runs() and not os.environ.get("CI"), reason="no RabbitMQ on 127.0.0.1:5672"
 )
 def test_on_rabbitmq_tasks_revokes_and_warm_shutdown_work(server, tmp_path):
-    """With RabbitMQ as broker: results, revoke(terminate=True), a warm shutdown's redelivery."""
+    """On RabbitMQ: results, revoke(terminate=True), warm shutdown's redelivery, cold shutdown."""
     name = _name()
     first = CeleryWorker(tmp_path, broker=RABBITMQ, backend=server, tracking=server)
     with first:
@@ -318,19 +303,37 @@ def test_on_rabbitmq_tasks_revokes_and_warm_shutdown_work(server, tmp_path):
         wait_gone(child, 10)
         with pytest.raises(TaskRevokedError):
             revoked.get(timeout=30)
-        running = client.send_task("celery_app.sleeper", args=(f"{name}-a", 2))
-        first.report(f"{name}-a-started")
-        queued = client.send_task("celery_app.sleeper", args=(f"{name}-b", 0.1))
-        wait_for(lambda: f"[{queued.id}] received" in first.log_text(), 10, "the prefetch")
-        first.signal(signal.SIGTERM)
-        assert first.wait(30) == 0
-        assert running.get(timeout=10) == "slept 2"
+        _warm_shutdown_hands_on_what_was_not_forked(first, client, name, tmp_path)
+    # A cold shutdown stops the pool from Celery's signal handler; the event loop
+    # must then wake at once, not at its next timer (up to 10 s away).
+    third = CeleryWorker(tmp_path, broker=RABBITMQ, backend=server, tracking=server)
+    with third:
+        third.client().send_task("celery_app.sleeper", args=(f"{name}-c", 60))
+        child = third.report(f"{name}-c-started")["pid"]
+        third.signal(signal.SIGQUIT)
+        third.wait(6)
+        wait_gone(child, 5)
+
+
+def _warm_shutdown_hands_on_what_was_not_forked(first, client, name, tmp_path):
+    """SIGTERM ``first`` with one task running and one prefetched; a second worker gets it."""
+    running = client.send_task("celery_app.sleeper", args=(f"{name}-a", 2))
+    first.report(f"{name}-a-started")
+    queued = client.send_task("celery_app.sleeper", args=(f"{name}-b", 0.1))
+    wait_for(lambda: f"[{queued.id}] received" in first.log_text(), 10, "the prefetch")
+    first.signal(signal.SIGTERM)
+    assert first.wait(30) == 0
+    assert running.get(timeout=10) == "slept 2"
+    assert not first.has_report(f"{name}-b-started")
     second = CeleryWorker(
-        tmp_path, broker=RABBITMQ, backend=server, tracking=server, queue=first.queue
+        tmp_path,
+        broker=first.env["FORKPOOL_TEST_BROKER"],
+        backend=first.env["FORKPOOL_TEST_BACKEND"],
+        tracking=first.env["FORKPOOL_TEST_TRACKING"],
+        queue=first.queue,
     )
     with second:
         assert queued.get(timeout=60) == "slept 0.1"
-    client.close()
 
 
 class TestForkedTask:
@@ -346,7 +349,6 @@ class TestForkedTask:
                 for _ in range(10)
             ]
             grown = worker.tree_rss_mib() - before
-            client.close()
         assert {result["ppid"] for result in results} == {warm["ppid"]}  # one pool process
         assert len({result["pid"] for result in results}) == 10  # a fork each
         assert [result["retained"] for result in results] == [1] * 10
@@ -375,4 +377,3 @@ class TestForkedTask:
             # The pool process lived on: prefork did not have to kill it.
             after = client.send_task("celery_app.forked_heavy", args=(1,)).get(timeout=30)
             assert after["ppid"] == pool_process["ppid"]
-            client.close()

@@ -13,6 +13,9 @@ Threads::
                                                              (+ timeout_callback, hard)
     terminate_job(pid, sig) --> future.send_signal(sig)
 
+    worker_shutting_down (in Celery's signal handler): cancel what is not forked
+      yet (in the callback thread), wake the worker's event loop through a pipe
+
 Celery's callbacks store results, send events and acknowledge messages; they may
 wait on the result backend or the broker. They run in one thread of the pool's, in
 the order the events happened (a task's acceptance always before its outcome),
@@ -22,9 +25,11 @@ never in the supervisor, which must go on forking and reaping meanwhile.
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import itertools
 import logging
+import os
 import signal
 import threading
 import time
@@ -33,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 from billiard.common import human_status
 from billiard.einfo import ExceptionInfo
+from celery import signals
 from celery.concurrency.base import BasePool
 from celery.exceptions import (
     SoftTimeLimitExceeded,
@@ -44,13 +50,14 @@ from celery.exceptions import (
 from forkpool import _reaper
 from forkpool._errors import ChildDiedError, TaskTimeoutError
 from forkpool._executor import ForkPerTaskExecutor
+from forkpool._future import ForkFuture
 from forkpool._options import options, unwrap
 from forkpool.celery import _in_child, _settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from forkpool._future import ForkFuture
+    from kombu.asynchronous import Hub
 
 logger = logging.getLogger("forkpool.celery")
 
@@ -139,7 +146,12 @@ class ForkPool(BasePool):
         self._executor: ForkPerTaskExecutor | None = None
         self._callbacks = _CallbackThread()
         self._by_pid: dict[int, _Job] = {}
+        # Submitted, not forked yet: what a shutdown leaves to the broker.
+        self._unforked: set[_Job] = set()
+        self._closing = False
         self._tracking: dict[str, Any] = {}
+        # A pipe the worker's event loop reads, to wake it (see _shutdown_begins).
+        self._hub_wakeup: tuple[int, int] | None = None
 
     # --- Celery's pool interface ------------------------------------------------------
 
@@ -161,6 +173,15 @@ class ForkPool(BasePool):
         except (TypeError, ValueError) as exc:
             raise _settings.explain(exc) from exc
         self._callbacks.start()
+        signals.worker_shutting_down.connect(self._shutdown_begins, weak=False)
+
+    def register_with_event_loop(self, loop: Hub) -> None:
+        """Give the worker's event loop a descriptor that a shutdown signal can wake."""
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._hub_wakeup = (read_end, write_end)
+        loop.add_reader(read_end, _drain, read_end)
+        on_close: Any = loop.on_close  # a set in kombu (celery-types says a list)
+        on_close.add(self._close_hub_wakeup)
 
     def on_apply(  # type: ignore[override]  # noqa: PLR0917 - as Celery calls it
         self,
@@ -188,9 +209,16 @@ class ForkPool(BasePool):
             soft_timeout=soft_timeout or self._default_soft_timeout,
             timeout=timeout or self._default_timeout,
         )
+        if self._closing:  # received as the shutdown began: left unacked
+            job.future = ForkFuture()
+            job.future.cancel()
+            return ApplyResult(job)
         fn: Callable[[], Any] = job if job.timeout is None else options(timeout=job.timeout)(job)
         job.future = self._running_executor().submit(fn)
+        self._unforked.add(job)
         job.future.add_done_callback(lambda _: self._done(job))
+        if self._shutdown_has_begun():  # it began while this task was being submitted
+            job.future.cancel()
         return ApplyResult(job)
 
     def terminate_job(self, pid: int, signal: int | None = None) -> None:
@@ -215,9 +243,13 @@ class ForkPool(BasePool):
         self._finish()
 
     def on_close(self) -> None:
-        """Take no more tasks."""
+        """Take no more tasks; those not forked yet are left unacked (the broker redelivers).
+
+        Celery closes the pool as a shutdown begins and stops it later, after the
+        consumer: a task queued here must not be forked in between.
+        """
         if self._executor is not None:
-            self._executor.shutdown(wait=False)
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _get_info(self) -> dict[str, Any]:
         info: dict[str, Any] = super()._get_info()  # type: ignore[misc]  # not in the stubs
@@ -252,6 +284,7 @@ class ForkPool(BasePool):
         del args, kwargs
         job: _Job = unwrap(fn)  # type: ignore[assignment]
         job.pid = pid
+        self._unforked.discard(job)
         self._by_pid[pid] = job  # only this thread adds and removes: no pid mix-ups
         self._callbacks.call(_accept, job, time.monotonic())
         if job.soft_timeout is not None:
@@ -259,6 +292,7 @@ class ForkPool(BasePool):
 
     def _done(self, job: _Job) -> None:
         """The future's done-callback (the supervisor thread, for a forked task)."""
+        self._unforked.discard(job)
         if job.pid is not None and self._by_pid.get(job.pid) is job:
             del self._by_pid[job.pid]
         self._callbacks.call(self._ended, job)
@@ -293,10 +327,48 @@ class ForkPool(BasePool):
         else:
             _safely(job.error_callback, _exc_info(error))
 
+    def _shutdown_begins(self, sender: object = None, **_: object) -> None:
+        """``worker_shutting_down``, in the worker's signal handler: let no queued task fork.
+
+        Celery closes the pool only once its event loop wakes up, which may be when
+        the next task ends; a task queued here must not be forked meanwhile. This
+        runs inside a signal handler, so it only sets a flag, hands the cancelling
+        to the callback thread and wakes the loop.
+        """
+        if self.node_name is not None and sender not in (None, self.node_name):
+            return  # another worker's shutdown, in the same process
+        self._closing = True
+        self._callbacks.call(self._cancel_unforked)
+        self._wake_hub()
+
+    def _shutdown_has_begun(self) -> bool:
+        return self._closing  # a method: the signal handler may set it at any bytecode
+
+    def _cancel_unforked(self) -> None:
+        for job in list(self._unforked):
+            if job.future is not None:
+                job.future.cancel()  # False for one handed a slot: it runs
+
     def _finish(self) -> None:
         """After the executor is done: the last callbacks, then this worker's leftovers."""
+        signals.worker_shutting_down.disconnect(self._shutdown_begins)
         self._callbacks.stop()
         self._kill_leftovers()
+        # A cold shutdown stops the pool from its signal handler, then sets the flag
+        # the loop looks at: wake the loop, or it sleeps on to its next timer.
+        self._wake_hub()
+
+    def _wake_hub(self) -> None:
+        if self._hub_wakeup is not None:
+            with contextlib.suppress(OSError):  # full (already woken) or closed
+                os.write(self._hub_wakeup[1], b"\0")
+
+    def _close_hub_wakeup(self, hub: Hub) -> None:
+        """When the loop closes (it has unregistered every reader by then)."""
+        del hub
+        wakeup, self._hub_wakeup = self._hub_wakeup, None
+        for fd in wakeup or ():
+            os.close(fd)
 
     def _kill_leftovers(self) -> None:
         """``kill_all`` for this worker: what its children left behind, if tracked."""
@@ -314,6 +386,12 @@ class ForkPool(BasePool):
             return
         if stopped:
             logger.warning("stopped %d leftover child(ren) of this worker", stopped)
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 4096):
+            pass
 
 
 def _accept(job: _Job, accepted_at: float) -> None:

@@ -11,6 +11,7 @@ import pytest
 BENCH = Path(__file__).parent / "benchmarks" / "bench.py"
 
 
+@pytest.mark.hosts
 @pytest.mark.timeout(300)
 def test_bench_smoke(tmp_path):
     """bench.py --smoke runs every measurement and checks every result it gets."""

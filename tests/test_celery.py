@@ -24,7 +24,7 @@ from helpers import OwnServer, is_running, wait_for, wait_gone
 from forkpool.celery import ForkPool
 from forkpool.celery._settings import executor_kwargs, tracking_redis
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.hosts, pytest.mark.slow, pytest.mark.timeout(120)]
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 

@@ -120,6 +120,7 @@ class TestInterruptibleWaits:
                 future.result(timeout=0.05)
             assert future.result(timeout=10) == "napped"
 
+    @pytest.mark.hosts
     def test_a_dramatiq_time_limit_lands_while_waiting(self):
         """A real Dramatiq worker's 2 s time limit cuts a 30 s forkpool task short."""
         server = OwnServer()
@@ -290,6 +291,7 @@ def _get(conn: socket.socket) -> bytes:
     return body
 
 
+@pytest.mark.hosts
 class TestWebServers:
     @pytest.mark.parametrize("close_fds", [True, False], ids=["close_fds", "inherited"])
     def test_a_keep_alive_client_sees_eof_when_the_server_closes(self, close_fds):

@@ -109,6 +109,7 @@ def fixture_client():
         yield client
 
 
+@pytest.mark.hosts
 class TestDask:
     def test_annotated_tasks_run_in_forks_of_the_worker(self, client):
         """dask.annotate(executor="forked") runs a task in a fresh child of the worker."""

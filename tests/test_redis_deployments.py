@@ -31,7 +31,7 @@ from forkpool._reaper import Reaper, Stopper
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-pytestmark = [pytest.mark.redis, pytest.mark.slow]
+pytestmark = [pytest.mark.hosts, pytest.mark.redis, pytest.mark.slow]
 
 HOST = "deploy-host"
 FAST = {"reap_interval": 0.2, "ttl": 1.0}

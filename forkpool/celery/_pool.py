@@ -231,12 +231,14 @@ class ForkPool(BasePool):
 
     def on_stop(self) -> None:
         """Warm shutdown: the running tasks finish; those not forked yet are left unacked."""
+        self._closing = True
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
         self._finish()
 
     def on_terminate(self) -> None:
         """Cold shutdown: stop every child (SIGTERM, then SIGKILL after the grace)."""
+        self._closing = True
         if self._executor is not None:
             self._executor.terminate_workers()
             self._executor.shutdown(wait=True)
@@ -248,6 +250,7 @@ class ForkPool(BasePool):
         Celery closes the pool as a shutdown begins and stops it later, after the
         consumer: a task queued here must not be forked in between.
         """
+        self._closing = True  # a task Celery still hands over is left unacked too
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -209,6 +209,20 @@ class TestInProcess:
         assert result == ("result", accepted[1])
         assert accepted[1] != os.getpid()
 
+    def test_children_inherit_the_result_backend(self, app):
+        """A child finds Celery's result backend made: no task pays for building one."""
+        app.conf.result_backend = "redis://127.0.0.1:6379/15"  # made, never connected here
+        outcomes: queue.Queue[object] = queue.Queue()
+        pool = ForkPool(limit=1, app=app)
+        pool.on_start()
+        try:
+            for _ in range(2):
+                pool.apply_async(lambda: app._backend is not None, callback=outcomes.put)
+            made = [outcomes.get(timeout=10), outcomes.get(timeout=10)]
+        finally:
+            pool.on_stop()
+        assert made == [True, True]
+
     def test_a_task_handed_over_after_close_is_left_unacked(self, app):
         """After close(), apply_async neither forks nor fails: no callback, no error."""
         called: list[object] = []

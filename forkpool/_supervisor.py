@@ -129,6 +129,10 @@ class _Signal:
     signum: int
 
 
+# What other threads ask of the supervisor, in the order they asked.
+_Command = _Cancel | _WaitEnded | _StopAll | _Signal
+
+
 class Supervisor:
     """Runs one executor's children; see the module docstring."""
 
@@ -153,9 +157,7 @@ class Supervisor:
         self._ready: collections.deque[WorkItem] = collections.deque()
         self._waiting: collections.deque[WorkItem] = collections.deque()
         # Filled in any thread, emptied here; deque ops are atomic.
-        self._commands: collections.deque[_Cancel | _WaitEnded | _StopAll | _Signal] = (
-            collections.deque()
-        )
+        self._commands: collections.deque[_Command] = collections.deque()
         self._children: dict[int, Child] = {}
         self._poller = select.epoll()
         # The child each polled pipe or pidfd belongs to (the wake-up pipe is not here).
@@ -317,7 +319,7 @@ class Supervisor:
         while self._commands:
             self._run_command(self._commands.popleft())
 
-    def _run_command(self, command: _Cancel | _WaitEnded | _StopAll | _Signal) -> None:
+    def _run_command(self, command: _Command) -> None:
         if isinstance(command, _StopAll):
             for child in list(self._children.values()):
                 self._stop(child, command.reason, command.signum)

@@ -15,7 +15,9 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from helpers import children, dies_with_us, wait_for
+from helpers import dies_with_us, wait_for
+
+from forkpool._demo import tree_rss
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -27,7 +29,6 @@ POOLS = {
     "prefork-mtpc1": ["-P", "prefork", "--max-tasks-per-child", "1"],
     "threads": ["-P", "threads"],
 }
-_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 class CeleryWorker:
@@ -174,8 +175,7 @@ class CeleryWorker:
 
     def tree_rss_mib(self) -> float:
         """Resident memory of the worker and every process under it, in MiB."""
-        pids = [self.pid, *descendants(self.pid)]
-        return sum(rss_kib(pid) for pid in pids) / 1024
+        return tree_rss(self.pid) / (1 << 20)
 
     def client(self) -> Celery:
         """A Celery app that sends to this worker's queue and reads its results."""
@@ -190,23 +190,3 @@ class CeleryWorker:
         )
         self._clients.append(app)
         return app
-
-
-def rss_kib(pid: int) -> int:
-    """A process's resident set, in KiB (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/statm").read_text().split()
-    except OSError:
-        return 0
-    return int(fields[1]) * _PAGE_KIB
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid``."""
-    found: list[int] = []
-    frontier = [pid]
-    while frontier:
-        kids = children(frontier.pop())
-        found.extend(kids)
-        frontier.extend(kids)
-    return found

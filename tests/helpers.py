@@ -93,6 +93,17 @@ def children(pid: int | None = None) -> list[int]:
     return [candidate for candidate in pids if _ppid(candidate) == parent]
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, zombies included."""
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        kids = children(frontier.pop())
+        found.extend(kids)
+        frontier.extend(kids)
+    return found
+
+
 def live_children() -> list[int]:
     """Children of this process that are not zombies."""
     return [pid for pid in children() if is_running(pid)]

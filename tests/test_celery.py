@@ -18,8 +18,8 @@ import pytest
 import redis
 from celery import Celery
 from celery.exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
-from celery_worker import CeleryWorker, descendants
-from helpers import OwnServer, is_running, wait_for, wait_gone
+from celery_worker import CeleryWorker
+from helpers import OwnServer, descendants, is_running, wait_for, wait_gone
 
 from forkpool.celery import ForkPool
 from forkpool.celery._settings import executor_kwargs, tracking_redis

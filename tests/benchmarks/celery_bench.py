@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from celery_worker import CeleryWorker, descendants
-from helpers import wait_for
+from celery_worker import CeleryWorker
+from helpers import descendants, wait_for
 
 CONCURRENCY = 2
 # (label, the worker's pool, the no-op task, the heavy task)

@@ -90,7 +90,7 @@ def settle(child: Child, exitcode: int | None, signum: int | None) -> None:
     if reason is StopReason.HOOK_FAILED and child.stop_error is not None:
         future._resolve(exception=child.stop_error)  # noqa: SLF001
         return
-    if outcome is not None and _outcome_stands(child):
+    if outcome is not None and _outcome_stands(child, exited_cleanly=exitcode == 0):
         _resolve_outcome(future, outcome, child.buffers)
         return
     if reason is StopReason.TIMEOUT:
@@ -125,14 +125,19 @@ def _stopped_by(child: Child, signum: int | None) -> str:
     return ""
 
 
-def _outcome_stands(child: Child) -> bool:
-    """The child's outcome, which arrived whole, is its future's result."""
+def _outcome_stands(child: Child, *, exited_cleanly: bool) -> bool:
+    """The child's outcome, which arrived whole, is its future's result.
+
+    A child that exited 0 finished its task before any stop reached it (or chose to
+    finish, handling the signal): what it sent stands, even if the supervisor had
+    not read it yet when the stop was asked for.
+    """
     reason = child.stop_reason
     if reason is None:
         return True
     if reason is StopReason.TIMEOUT:
         return child.finished_in_time
-    return child.outcome_before_stop
+    return child.outcome_before_stop or (exited_cleanly and reason is not StopReason.CORRUPT)
 
 
 def _resolve_outcome(

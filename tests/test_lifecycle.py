@@ -52,6 +52,23 @@ def _count_usr1_with_a_grandchild(dir_: Path, wanted: int) -> int:
     return len(heard)
 
 
+def _finish_gracefully_on_sigterm(ready_file: Path) -> str:
+    def finish(signum: int, frame: object) -> None:
+        raise _Finish
+
+    signal.signal(signal.SIGTERM, finish)
+    try:
+        ready_file.write_text("ready")  # inside: SIGTERM may land as soon as it exists
+        time.sleep(60)
+    except _Finish:
+        return "finished on SIGTERM"
+    return "slept"
+
+
+class _Finish(Exception):
+    pass
+
+
 def _read_pid(path: Path) -> int:
     wait_for(lambda: path.exists() and path.read_text(), 10, f"{path} to be written")
     return int(path.read_text())
@@ -260,6 +277,16 @@ class TestStopWorkers:
         with pytest.raises(RuntimeError):
             ex.submit(_sleep_and_return, 0)
         ex.shutdown(wait=True)
+
+    def test_a_task_that_finishes_when_stopped_keeps_its_result(self, tmp_path):
+        """A child that handles terminate_workers()' SIGTERM and returns: its result stands."""
+        ready = tmp_path / "ready"
+        ex = ForkPerTaskExecutor(1)
+        future = ex.submit(_finish_gracefully_on_sigterm, ready)
+        wait_for(ready.exists, 10, "the handler")
+        ex.terminate_workers()
+        ex.shutdown(wait=True)
+        assert future.result(timeout=10) == "finished on SIGTERM"
 
 
 class TestAbandoned:

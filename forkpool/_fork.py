@@ -396,8 +396,10 @@ def _neutralize_inherited_fds(keep: set[int]) -> None:
             keep.add(stream.fileno())
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
-        for entry in Path("/proc/self/fd").iterdir():
-            fd = int(entry.name)
+        # Names, not Path objects: every object made here is a write, and so a
+        # copy-on-write fault, in a page shared with the parent.
+        for name in os.listdir("/proc/self/fd"):  # noqa: PTH208 - see above
+            fd = int(name)
             if fd not in keep and fd != null:
                 try:
                     os.dup2(null, fd, inheritable=False)

@@ -1,5 +1,7 @@
 """forkpool: a concurrent.futures executor that forks a fresh child per task."""
 
+from typing import TYPE_CHECKING
+
 from forkpool._async import run_async
 from forkpool._errors import (
     ChildDiedError,
@@ -13,9 +15,11 @@ from forkpool._future import ForkFuture
 from forkpool._options import options
 from forkpool._per_process import PerProcessExecutor
 from forkpool._progress import report_progress
-from forkpool._reaper import kill_all
 from forkpool._usage import ResourceUsage
 from forkpool._version import __version__
+
+if TYPE_CHECKING:
+    from forkpool._reaper import kill_all
 
 __all__ = [
     "ChildDiedError",
@@ -33,3 +37,14 @@ __all__ = [
     "report_progress",
     "run_async",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # kill_all is Redis's: importing it imports redis-py, which a process without
+    # Redis tracking should not carry (see forkpool._tracking).
+    if name == "kill_all":
+        from forkpool._reaper import kill_all  # noqa: PLC0415
+
+        return kill_all
+    msg = f"module 'forkpool' has no attribute {name!r}"
+    raise AttributeError(msg)

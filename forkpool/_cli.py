@@ -21,8 +21,8 @@ from forkpool import _procfs
 from forkpool._entry import Keys, TaskEntry
 from forkpool._errors import signal_name
 from forkpool._reaper import Reaper, Stopper, parent_alive, read_entries
-from forkpool._redis import FAILURES, URL_ENV, Client, client_from_url, describe_failure, redact
-from forkpool._tracking import default_host
+from forkpool._redis import FAILURES, Client, client_from_url, describe_failure, redact
+from forkpool._tracking import URL_ENV, default_host
 from forkpool._version import __version__
 
 if TYPE_CHECKING:

@@ -56,7 +56,6 @@ import attrs
 
 from forkpool import _exit
 from forkpool._async import wait_for_future
-from forkpool._bookkeeping import Bookkeeper
 from forkpool._child import StopReason
 from forkpool._entry import Keys
 from forkpool._errors import ForkPoolError, platform_error
@@ -74,9 +73,8 @@ from forkpool._options import (
     require_callable,
     resolve,
 )
-from forkpool._redis import resolve_redis
 from forkpool._supervisor import Hooks, Supervisor, SupervisorConfig, WorkItem
-from forkpool._tracking import TrackingContext, default_host
+from forkpool._tracking import TrackingContext, default_host, redis_asked_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -85,6 +83,9 @@ if TYPE_CHECKING:
     from redis import Redis
     from redis.cluster import RedisCluster
     from typing_extensions import ParamSpec, Self
+
+    from forkpool._bookkeeping import Bookkeeper
+    from forkpool._redis import RedisSource
 
     P = ParamSpec("P")
 
@@ -564,15 +565,30 @@ def _start_tracking(
         )
         raise ValueError(msg)
     host = default_host() if host is None else _check_host(host)
-    source = resolve_redis(redis, reap_interval=reap_interval)
+    source = redis_source(redis, reap_interval=reap_interval)
     if source is None:
         return {}
+    from forkpool._bookkeeping import Bookkeeper  # noqa: PLC0415 - see redis_source
+
     tracking = TrackingContext.create(Keys(key_prefix, host), executor_id=uuid.uuid4().hex)
     bookkeeper = Bookkeeper(
         source, tracking, ttl=ttl, reap_interval=reap_interval, kill_grace=kill_grace
     )
     bookkeeper.start()
     return {"tracking": tracking, "bookkeeper": bookkeeper}
+
+
+def redis_source(value: object, *, reap_interval: float) -> RedisSource | None:
+    """``resolve_redis``, with redis-py imported only if Redis is asked for (see _tracking).
+
+    Raises:
+        ValueError, TypeError: As ``resolve_redis``.
+    """
+    if redis_asked_for(value) is None:
+        return None
+    from forkpool._redis import resolve_redis  # noqa: PLC0415 - the point of this function
+
+    return resolve_redis(value, reap_interval=reap_interval)
 
 
 def _check_host(host: object) -> str:

@@ -16,8 +16,7 @@ import threading
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from forkpool._executor import ForkPerTaskExecutor
-from forkpool._redis import resolve_redis
+from forkpool._executor import ForkPerTaskExecutor, redis_source
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -52,7 +51,7 @@ class PerProcessExecutor(Executor):
         # The same checks as ForkPerTaskExecutor's, by building one that starts
         # nothing: without Redis it starts no thread before its first task.
         ForkPerTaskExecutor(*args, **{**kwargs, "redis": False}).shutdown()
-        resolve_redis(kwargs.get("redis"), reap_interval=kwargs.get("reap_interval", 30))
+        redis_source(kwargs.get("redis"), reap_interval=kwargs.get("reap_interval", 30))
         self._args = args
         self._kwargs = kwargs
         self._made: dict[int, ForkPerTaskExecutor] = {}

@@ -19,7 +19,6 @@ outage like any other, not a failed constructor.
 from __future__ import annotations
 
 import contextlib
-import os
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, cast
 
@@ -31,13 +30,14 @@ from redis.exceptions import AskError, MovedError, RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from forkpool._tracking import redis_asked_for
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from redis.client import Pipeline
     from redis.cluster import ClusterPipeline
 
-URL_ENV: Final = "FORKPOOL_REDIS_URL"
 _PLAIN: Final = ("redis", "rediss", "unix")
 _CLUSTER: Final = ("redis+cluster", "rediss+cluster")
 _SENTINEL: Final = ("redis+sentinel", "rediss+sentinel")
@@ -111,12 +111,9 @@ def resolve_redis(value: object, *, reap_interval: float) -> RedisSource | None:
         TypeError: Neither None, False, a URL string, a ``redis.Redis`` nor a
             ``RedisCluster``.
     """
-    if value is False:
-        return None
+    value = redis_asked_for(value)
     if value is None:
-        value = os.environ.get(URL_ENV, "").strip() or None
-        if value is None:
-            return None
+        return None
     if isinstance(value, (redis.Redis, RedisCluster)):
         return RedisSource.given(value)
     if not isinstance(value, str):

@@ -1,4 +1,9 @@
-"""Who tracks what: the host name, and the entry the supervisor writes per child."""
+"""Who tracks what: whether Redis is asked for, the host name, and each child's entry.
+
+Nothing here imports redis-py. Importing it costs a process about 28 MiB of memory
+(redis-py 8), which every fork then copies the page tables of and every exit tears
+down: without Redis, forkpool leaves it unimported.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,20 @@ from forkpool import _procfs
 from forkpool._entry import Keys, TaskEntry
 
 HOST_ENV: Final = "FORKPOOL_HOST"
+URL_ENV: Final = "FORKPOOL_REDIS_URL"
+
+
+def redis_asked_for(value: object) -> object | None:
+    """The ``redis=`` argument with the environment applied; None for no Redis.
+
+    None reads ``FORKPOOL_REDIS_URL``; False means no Redis, whatever it says.
+    Anything else is returned as given, for ``_redis.resolve_redis`` to check.
+    """
+    if value is False:
+        return None
+    if value is None:
+        return os.environ.get(URL_ENV, "").strip() or None
+    return value
 
 
 def default_host() -> str:

@@ -22,6 +22,7 @@ from helpers import (
     is_running,
     orphan_script,
     read_pids,
+    run_script,
     start_script,
     wait_for,
     wait_gone,
@@ -241,6 +242,35 @@ class TestConfiguration:
             future = ex.submit(_sleep, 0.8)
             wait_for(lambda: _entries(client, prefix, socket.gethostname()), 5, "the entry")
             future.result(timeout=10)
+
+    def test_without_redis_redis_py_is_never_imported(self):
+        """With no Redis asked for, forkpool never imports redis-py (28 MiB every fork copies)."""
+        env = {k: v for k, v in os.environ.items() if k != "FORKPOOL_REDIS_URL"}
+        result = run_script(
+            """
+            import sys
+            import forkpool
+            with forkpool.ForkPerTaskExecutor(2) as ex:
+                assert ex.submit(int, "7").result(timeout=10) == 7
+            per_process = forkpool.PerProcessExecutor(1)
+            assert per_process.submit(int, "8").result(timeout=10) == 8
+            per_process.shutdown()
+            print(sorted(name for name in sys.modules if name.split(".")[0] == "redis"))
+            assert callable(forkpool.kill_all)  # Redis's own entry point imports it
+            print("redis" in sys.modules)
+            try:
+                forkpool.no_such_name
+            except AttributeError as exc:
+                print(exc)
+            """,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == [
+            "[]",
+            "True",
+            "module 'forkpool' has no attribute 'no_such_name'",
+        ]
 
     def test_client_object_is_used_as_given(self, client, prefix):
         """A ready redis.Redis works, and is not closed by the executor."""

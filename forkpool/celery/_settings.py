@@ -23,8 +23,7 @@ import os
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Final
 
-from forkpool._redis import URL_ENV
-from forkpool._tracking import HOST_ENV
+from forkpool._tracking import HOST_ENV, URL_ENV
 
 if TYPE_CHECKING:
     from celery import Celery

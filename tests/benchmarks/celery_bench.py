@@ -28,6 +28,8 @@ from celery_worker import CeleryWorker
 from helpers import descendants, is_running, wait_for
 
 CONCURRENCY = 2
+# How long a worker's processes must stay the same to count as settled (seconds).
+SETTLED_FOR = 1.0
 # (label, the worker's pool, the no-op task, the heavy task)
 CONTENDERS = [
     ("prefork", "prefork", "noop", "heavy"),
@@ -103,16 +105,22 @@ def _heavy_growth(
 
 
 def _between_tasks(worker: CeleryWorker) -> None:
-    """Wait until the worker has just the processes it keeps between tasks, all live.
+    """Wait until the worker has had just the processes it keeps between tasks for a while.
 
-    Prefork keeps its pool processes; with ``max_tasks_per_child=1`` one of them is
-    missing, or a zombie, for a moment after each task, while billiard replaces it.
-    ``ForkPool`` keeps none. A tree measured in between would miss a process.
+    Prefork keeps its pool processes; with ``max_tasks_per_child=1`` the one that ran
+    the last task lives on for a moment, then is gone, or a zombie, until billiard
+    replaces it. ``ForkPool`` keeps none. A tree measured in between would count a
+    process too many or too few.
     """
     idle = 0 if worker.pool == "forkpool" else CONCURRENCY
+    last: dict[str, Any] = {"processes": None, "since": 0.0}
 
     def settled() -> bool:
-        processes = descendants(worker.pid)
-        return len(processes) == idle and all(is_running(pid) for pid in processes)
+        processes = frozenset(descendants(worker.pid))
+        now = time.monotonic()
+        if processes != last["processes"]:
+            last.update(processes=processes, since=now)
+        steady = len(processes) == idle and all(is_running(pid) for pid in processes)
+        return steady and now - last["since"] >= SETTLED_FOR
 
-    wait_for(settled, 30, f"the worker to have its {idle} idle pool processes, and no others")
+    wait_for(settled, 30, f"the worker to keep just its {idle} idle pool processes")

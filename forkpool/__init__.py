@@ -45,6 +45,11 @@ def __getattr__(name: str) -> object:
     if name == "kill_all":
         from forkpool._reaper import kill_all  # noqa: PLC0415
 
+        globals()["kill_all"] = kill_all  # found directly from now on
         return kill_all
     msg = f"module 'forkpool' has no attribute {name!r}"
     raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -256,6 +256,7 @@ class TestConfiguration:
             assert per_process.submit(int, "8").result(timeout=10) == 8
             per_process.shutdown()
             print(sorted(name for name in sys.modules if name.split(".")[0] == "redis"))
+            assert "kill_all" in dir(forkpool)
             assert callable(forkpool.kill_all)  # Redis's own entry point imports it
             print("redis" in sys.modules)
             try:

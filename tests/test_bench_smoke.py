@@ -23,7 +23,14 @@ def test_bench_smoke(tmp_path):
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    sections = ("task throughput", "process-tree RSS", "MiB results", "latency", "Celery workers")
+    sections = (
+        "task throughput",
+        "process-tree RSS",
+        "MiB results",
+        "latency",
+        "a fresh interpreter",
+        "Celery workers",
+    )
     for section in (*sections, "targets:"):
         assert section in result.stdout
     contenders = ["bare fork loop", "forkpool + Redis", "pebble", "forkpool pool", "ForkedTask"]

@@ -22,6 +22,7 @@ import pickle
 import platform
 import selectors
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -339,6 +340,46 @@ def measure_redis_commands(url: str, tasks: int, workers: int) -> float:
     return per_task
 
 
+# --- what importing forkpool costs a process -----------------------------------------------
+
+IMPORT_PROBE = Path(__file__).resolve().parent / "import_probe.py"
+IMPORT_CASES = {
+    "nothing": [],
+    "forkpool": ["forkpool"],
+    "forkpool and redis-py": ["forkpool", "redis"],
+}
+
+
+def measure_import_cost(forks: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Per case, in fresh interpreters: medians of import time, anonymous memory, fork cost.
+
+    Every contender elsewhere in the bench forks this process, which has imported
+    everything; a user's small program has not, and its forks cost what it holds.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in IMPORT_CASES}
+    for _ in range(rounds):
+        for label, modules in IMPORT_CASES.items():
+            out = subprocess.run(
+                [sys.executable, str(IMPORT_PROBE), str(forks), *modules],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+            )
+            run = json.loads(out.stdout)
+            if label == "forkpool" and "redis" in run["top_level_modules"]:
+                msg = "importing forkpool and running nothing imported redis-py"
+                raise AssertionError(msg)
+            runs[label].append(run)
+    return {
+        label: {
+            key: statistics.median(run[key] for run in label_runs)
+            for key in ("import_s", "anonymous_bytes", "fork_exit_reap_s")
+        }
+        for label, label_runs in runs.items()
+    }
+
+
 # --- report ---------------------------------------------------------------------------------
 
 
@@ -447,6 +488,13 @@ def print_report(results: dict[str, Any]) -> None:
     for size, times in results["latency_s_by_parent_mib"].items():
         print(f"  {size:>5} MiB: " + ", ".join(f"{k} {v * 1000:.2f}" for k, v in times.items()))
     print(f"\nRedis commands per task: {results['redis_commands_per_task']:.2f}")
+    print("\na fresh interpreter, by what it imports (medians):")
+    for label, cost in results["import_cost"].items():
+        print(
+            f"  {label:<42} import {cost['import_s'] * 1000:6.0f} ms,"
+            f" anonymous {cost['anonymous_bytes'] / MIB:5.1f} MiB,"
+            f" fork+exit+reap {cost['fork_exit_reap_s'] * 1000:5.2f} ms"
+        )
     celery = results["celery"]
     print(f"\nCelery workers, -c {celery['concurrency']} (ms per no-op task, median of bursts):")
     for name, ms in celery["per_task_ms"].items():
@@ -548,6 +596,9 @@ def main() -> int:
             ),
             "redis_commands_per_task": measure_redis_commands(
                 server.url, tasks=10 if smoke else 300, workers=2
+            ),
+            "import_cost": measure_import_cost(
+                forks=20 if smoke else 300, rounds=1 if smoke else 5
             ),
             "celery": measure_celery(
                 server.url,

@@ -191,8 +191,10 @@ def _sentinel_master(
     master_options: dict[str, Any],
 ) -> redis.Redis:
     """A client of the master the Sentinels name; it follows a failover by asking again."""
-    sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_options, **sentinel_options)  # type: ignore[no-untyped-call]
-    return cast("redis.Redis", sentinel.master_for(service, **master_options))  # type: ignore[no-untyped-call]
+    # Any: redis-py types Sentinel from 8.2 on, and not before; either must check.
+    make_sentinel: Any = Sentinel
+    sentinel = make_sentinel(nodes, sentinel_kwargs=sentinel_options, **sentinel_options)
+    return cast("redis.Redis", sentinel.master_for(service, **master_options))
 
 
 def _parse_nodes(url: str, kind: str) -> tuple[list[tuple[str, int]], dict[str, str], str]:

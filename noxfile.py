@@ -39,7 +39,7 @@ nox.options.reuse_existing_virtualenvs = True
 os.environ.setdefault("UV_SYSTEM_CERTS", "1")
 nox.options.sessions = ["tests", "lint", "typecheck", "examples", "package"]
 
-PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+PYTHONS = ["3.11", "3.12", "3.13", "3.14", "3.15"]
 EXAMPLE_TIMEOUT = "120"  # seconds, per example script
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 

@@ -29,7 +29,7 @@ async def main() -> None:
         slow = loop.run_in_executor(ex, crunch, 60)
         try:
             await asyncio.wait_for(slow, timeout=0.5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             print("slow task timed out after 0.5s; its child was stopped, not left running")
 
         results = await asyncio.gather(*(loop.run_in_executor(ex, crunch, 0.05) for _ in range(4)))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from forkpool import _kill_marks, _wire
-from forkpool._errors import ChildDiedError, TaskTimeoutError
+from forkpool._errors import ChildDiedError, TaskTimeoutError, abrupt_end
 
 if TYPE_CHECKING:
     import mmap
@@ -108,6 +108,7 @@ def settle(child: Child, exitcode: int | None, signum: int | None) -> None:
     error = ChildDiedError(
         child.pid, exitcode, signum, detail, future.rusage, stopped_by=stopped_by
     )
+    error.__cause__ = abrupt_end(child.pid, exitcode, signum)
     future._resolve(exception=error)  # noqa: SLF001
 
 

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
+import os
+import select
 import signal as _signal
 import sys
 from concurrent.futures.process import BrokenProcessPool
 
 from forkpool._usage import ResourceUsage, format_bytes
-
-# On 3.10 concurrent.futures has its own TimeoutError; from 3.11 it is the builtin.
-# TaskTimeoutError derives from both so ``except TimeoutError`` works however it is spelled.
-_TIMEOUT_BASES: tuple[type[BaseException], ...] = (
-    (TimeoutError,)
-    if sys.version_info >= (3, 11)
-    else (TimeoutError, concurrent.futures.TimeoutError)
-)
 
 # Signals whose bare name tells an operator little; the hint says what usually sends them.
 _SIGNAL_HINTS: dict[int, str] = {
@@ -41,7 +34,7 @@ class ForkPoolError(Exception):
     """Base class of every error forkpool raises itself."""
 
 
-class TaskTimeoutError(ForkPoolError, *_TIMEOUT_BASES):  # type: ignore[misc]
+class TaskTimeoutError(ForkPoolError, TimeoutError):
     """The task outlived its timeout and its process group was stopped.
 
     Attributes:
@@ -158,19 +151,66 @@ class RemoteTaskError(ForkPoolError):
 
 
 class RemoteTraceback(Exception):  # noqa: N818 - named after CPython's _RemoteTraceback
-    """Carries the child's formatted traceback as the ``__cause__`` of a task's exception."""
+    """What happened in the child, as the ``__cause__`` of the error the parent raises.
+
+    The child's formatted traceback for a task's exception; for a child that died
+    without a result, ``Process <pid> terminated abruptly with exit code <n>``, as
+    ProcessPoolExecutor says from Python 3.15 on (``n`` is ``-signum`` for a signal).
+
+    Attributes:
+        traceback_text: The text.
+        tb: The same text, under the name CPython's ``_RemoteTraceback`` gives it.
+    """
 
     def __init__(self, traceback_text: str) -> None:
         super().__init__(traceback_text)
         self.traceback_text = traceback_text
 
+    @property
+    def tb(self) -> str:
+        """``traceback_text``, for code written against ProcessPoolExecutor."""
+        return self.traceback_text
+
     def __str__(self) -> str:
         return f'\n"""\n{self.traceback_text}"""'
 
 
-def platform_error() -> ForkPoolError:
-    """Return the error for a platform that cannot fork."""
+def abrupt_end(pid: int, exitcode: int | None, signum: int | None) -> RemoteTraceback | None:
+    """The cause ProcessPoolExecutor gives a dead worker's error (3.15), if it applies.
+
+    It names a nonzero exit: a code, or ``-signum`` as multiprocessing writes a
+    death by signal.
+    """
+    code = -signum if signum is not None else exitcode
+    if not code:
+        return None
+    return RemoteTraceback(f"Process {pid} terminated abruptly with exit code {code}")
+
+
+def platform_error(
+    platform: str = sys.platform,
+    *,
+    has_fork: bool = hasattr(os, "fork"),
+    has_epoll: bool = hasattr(select, "epoll"),
+) -> ForkPoolError | None:
+    """The error for a platform forkpool cannot run on; None on Linux.
+
+    forkpool is Linux's: besides ``fork()`` it waits in ``epoll``, signals through
+    pidfds and reads ``/proc`` to tell its children from strangers. The arguments
+    default to this platform's facts.
+    """
+    missing = [
+        name
+        for name, present in (
+            ("os.fork()", has_fork),
+            ("select.epoll()", has_epoll),
+            ("Linux's /proc", platform.startswith("linux")),
+        )
+        if not present
+    ]
+    if not missing:
+        return None
     return ForkPoolError(
-        f"forkpool needs os.fork(), which {sys.platform!r} does not provide; "
-        "use concurrent.futures.ProcessPoolExecutor there"
+        f"forkpool runs on Linux only: it needs {', '.join(missing)}, which "
+        f"{platform!r} does not provide; use concurrent.futures.ProcessPoolExecutor there"
     )

@@ -39,8 +39,6 @@ never the executor.
 from __future__ import annotations
 
 import contextlib
-import functools
-import itertools
 import logging
 import os
 import signal
@@ -60,16 +58,15 @@ from forkpool._child import StopReason
 from forkpool._entry import Keys
 from forkpool._errors import ForkPoolError, platform_error
 from forkpool._future import ForkFuture
+from forkpool._map import map_in_children
 from forkpool._options import (
     ResolvedOptions,
-    TaskWithOptions,
     check_close_fds,
     check_kill_grace,
     check_memory_limit,
     check_pass_fds,
     check_positive,
     check_timeout,
-    options_of,
     require_callable,
     resolve,
 )
@@ -79,10 +76,11 @@ from forkpool._tracking import TrackingContext, default_host, redis_asked_for
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
     from types import TracebackType
+    from typing import Self
 
     from redis import Redis
     from redis.cluster import RedisCluster
-    from typing_extensions import ParamSpec, Self
+    from typing_extensions import ParamSpec
 
     from forkpool._bookkeeping import Bookkeeper
     from forkpool._redis import RedisSource
@@ -151,7 +149,7 @@ class ForkPerTaskExecutor(Executor):
         pass_fds: Descriptors children keep under ``close_fds``.
 
     Raises:
-        ForkPoolError: The platform cannot fork.
+        ForkPoolError: The platform is not Linux.
         ValueError: An argument is out of range.
         TypeError: An argument has the wrong type.
     """
@@ -183,8 +181,8 @@ class ForkPerTaskExecutor(Executor):
         close_fds: bool = False,
         pass_fds: Iterable[int] = (),
     ) -> None:
-        if not _can_fork():
-            raise platform_error()
+        if (unsupported := platform_error()) is not None:
+            raise unsupported
         self._max_workers = _check_max_workers(max_workers)
         _check_mp_context(mp_context)
         if isinstance(max_tasks_per_child, bool) or max_tasks_per_child not in (None, 1):
@@ -279,28 +277,28 @@ class ForkPerTaskExecutor(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
     ) -> Iterator[T]:
         """Like :func:`map`, with each call (or chunk of calls) in its own child.
 
-        ``chunksize`` calls run one after another in a single child. The iterables
-        are consumed at once; results are yielded in order. If ``timeout`` expires
-        or the iterator is closed early, the tasks not yet done are cancelled, and
-        their children stopped.
+        ``chunksize`` calls run one after another in a single child. Results are
+        yielded in order. Without ``buffersize`` the iterables are read at once and
+        every task submitted; with it, at most ``buffersize`` tasks (chunks) are
+        submitted ahead of the results taken, and the iterables are read only as
+        results are taken, so they may be endless (Python 3.14's contract, on every
+        Python). If ``timeout`` expires or the iterator is closed early, the tasks
+        not yet done are cancelled, and their children stopped.
 
         Raises:
-            ValueError: ``chunksize`` is below 1.
+            ValueError: ``chunksize`` or ``buffersize`` is below 1.
+            TypeError: ``buffersize`` is neither an int nor None.
             TimeoutError: A result was not ready within ``timeout`` of this call.
+
+        .. versionchanged:: 0.2.0 ``buffersize``.
         """
-        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
-            msg = f"chunksize must be an int >= 1, got {chunksize!r}"
-            raise ValueError(msg)
-        if chunksize == 1:
-            return super().map(fn, *iterables, timeout=timeout)
-        run_chunk = TaskWithOptions(functools.partial(_run_chunk, fn), options_of(fn))
-        chunks = super().map(
-            run_chunk, _batched(zip(*iterables, strict=False), chunksize), timeout=timeout
+        return map_in_children(
+            self, fn, iterables, timeout=timeout, chunksize=chunksize, buffersize=buffersize
         )
-        return _flatten(chunks)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting tasks; optionally cancel the queued ones and wait.
@@ -619,10 +617,6 @@ def _check_tuple(value: object, name: str) -> None:
         raise TypeError(msg)
 
 
-def _can_fork() -> bool:
-    return hasattr(os, "fork")
-
-
 def _check_max_workers(max_workers: object) -> int:
     if max_workers is None:
         return os.cpu_count() or 1
@@ -653,18 +647,3 @@ def _check_mp_context(mp_context: object) -> None:
             f"this process; got a context whose start method is {method!r}"
         )
         raise ValueError(msg)
-
-
-def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list[T]:
-    return [fn(*args) for args in chunk]
-
-
-def _batched(iterable: Iterable[T], size: int) -> Iterator[tuple[T, ...]]:
-    iterator = iter(iterable)
-    while batch := tuple(itertools.islice(iterator, size)):
-        yield batch
-
-
-def _flatten(chunks: Iterator[list[T]]) -> Iterator[T]:
-    for chunk in chunks:
-        yield from chunk

@@ -273,7 +273,7 @@ class ForkFuture(Future[T]):
         for callback in callbacks:
             try:
                 callback(self)
-            except BaseException as exc:  # noqa: PERF203 - see the docstring
+            except BaseException as exc:
                 if not (contain or isinstance(exc, Exception)):
                     raise
                 logger.exception("exception calling callback for %r", self)

@@ -21,8 +21,9 @@ from forkpool._executor import ForkPerTaskExecutor, redis_source
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
     from types import TracebackType
+    from typing import Self
 
-    from typing_extensions import ParamSpec, Self
+    from typing_extensions import ParamSpec
 
     from forkpool._future import ForkFuture
 
@@ -86,9 +87,12 @@ class PerProcessExecutor(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
     ) -> Iterator[T]:
         """:meth:`ForkPerTaskExecutor.map` on this process's executor."""
-        return self.executor.map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+        return self.executor.map(
+            fn, *iterables, timeout=timeout, chunksize=chunksize, buffersize=buffersize
+        )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Shut down this process's executor, if it made one; a later submit makes another."""

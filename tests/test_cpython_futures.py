@@ -1,4 +1,4 @@
-"""CPython 3.13's own concurrent.futures tests, run against ForkPerTaskExecutor.
+"""CPython's own concurrent.futures tests, each Python's own, run against ForkPerTaskExecutor.
 
 The executor, wait, as_completed and shutdown test classes of
 ``test.test_concurrent_futures`` (shipped with the interpreter) are combined with a
@@ -7,8 +7,9 @@ for its executors. Three shutdown tests start a fresh interpreter with a script 
 imports the executor class by name from ``concurrent.futures``; they run with that
 one import reading ``from forkpool import ...`` instead. Nothing else is changed.
 
-Only on Python 3.13, where these tests match the stdlib they test, and only where
-the interpreter ships its test package (Debian splits it out).
+From Python 3.13 on (the tests became a package of modules then), each interpreter
+runs the tests it ships, which match its own stdlib; only where the interpreter
+ships its test package (Debian splits it out: ``python-from-debian --with-tests``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-if sys.version_info[:2] != (3, 13):
-    pytest.skip("CPython's concurrent.futures tests are run on 3.13", allow_module_level=True)
+if sys.version_info < (3, 13):
+    pytest.skip("CPython's concurrent.futures tests are run on 3.13+", allow_module_level=True)
 pytest.importorskip("test.support", reason="this interpreter ships no test package")
 
 from test.test_concurrent_futures import (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import multiprocessing
 import os
 import socket
@@ -16,6 +17,7 @@ from helpers import Blob, wait_for
 
 import forkpool
 from forkpool import ForkFuture, ForkPerTaskExecutor, _linux
+from forkpool._errors import platform_error
 
 
 @pytest.fixture(name="ex")
@@ -190,6 +192,89 @@ class TestMap:
             next(results)
 
 
+class TestMapBuffersize:
+    """Python 3.14's ``map(..., buffersize=)``, on every Python forkpool supports."""
+
+    @pytest.mark.parametrize("bad", ["2", 2.0, [2]])
+    def test_a_buffersize_that_is_not_an_int_is_a_type_error(self, ex, bad):
+        """A non-int buffersize is a TypeError with CPython's message, before any submit."""
+        with pytest.raises(TypeError, match=r"^buffersize must be an integer or None$"):
+            ex.map(_double, _never_read(), buffersize=bad)
+
+    @pytest.mark.parametrize("bad", [0, -1])
+    def test_a_buffersize_below_one_is_a_value_error(self, ex, bad):
+        """buffersize 0 or below is a ValueError with CPython's message."""
+        with pytest.raises(ValueError, match=r"^buffersize must be None or > 0$"):
+            ex.map(_double, _never_read(), buffersize=bad)
+
+    @pytest.mark.parametrize("chunksize", [1, 3])
+    @pytest.mark.parametrize("buffersize", [1, 2, 5, 100])
+    def test_results_are_those_of_map(self, ex, chunksize, buffersize):
+        """Every result comes back, in order, whatever the buffer and chunk sizes."""
+        results = ex.map(pow, range(11), range(11), chunksize=chunksize, buffersize=buffersize)
+        assert list(results) == [pow(i, i) for i in range(11)]
+
+    @pytest.mark.parametrize("chunksize", [1, 4])
+    def test_an_endless_iterable_is_read_lazily(self, ex, chunksize):
+        """An endless iterable works: it is read only as results are taken."""
+        results = ex.map(_double, itertools.count(), chunksize=chunksize, buffersize=2)
+        assert [next(results) for _ in range(10)] == [x * 2 for x in range(10)]
+        results.close()
+
+    @pytest.mark.parametrize(("chunksize", "buffersize"), [(1, 1), (1, 3), (2, 2), (4, 1)])
+    def test_at_most_buffersize_tasks_are_ahead_of_the_results_taken(
+        self, ex, chunksize, buffersize
+    ):
+        """buffersize tasks (chunks) are submitted at the call; each result taken adds one."""
+        read: list[int] = []
+
+        def items():
+            for item in itertools.count():
+                read.append(item)
+                yield item
+
+        results = ex.map(_double, items(), chunksize=chunksize, buffersize=buffersize)
+        assert len(read) == buffersize * chunksize
+        assert next(results) == 0
+        assert len(read) == (buffersize + 1) * chunksize
+        results.close()
+
+    def test_closing_the_iterator_stops_the_buffered_tasks(self):
+        """Closing the results early cancels the buffered tasks, stopping their children."""
+        ex = ForkPerTaskExecutor(2, kill_grace=1)
+        results = ex.map(time.sleep, itertools.chain([0], itertools.repeat(60)), buffersize=2)
+        assert next(results) is None
+        results.close()
+        started = time.monotonic()
+        ex.shutdown(wait=True)
+        assert time.monotonic() - started < 10
+
+    def test_empty_and_absent_iterables(self, ex):
+        """An empty iterable, or none at all, yields nothing."""
+        assert list(ex.map(str, [], buffersize=2)) == []
+        assert list(ex.map(str, buffersize=2)) == []
+
+    def test_a_timeout_counts_from_the_call(self, ex):
+        """map()'s timeout applies to the whole iteration, with buffersize too."""
+        results = ex.map(time.sleep, [0, 30, 30], timeout=1.0, buffersize=1)
+        assert next(results) is None
+        with pytest.raises(TimeoutError):
+            next(results)
+
+    def test_per_process_executor_takes_buffersize(self):
+        """PerProcessExecutor.map() passes buffersize on."""
+        with forkpool.PerProcessExecutor(2) as ex:
+            results = ex.map(_double, itertools.count(), buffersize=3)
+            assert [next(results) for _ in range(5)] == [0, 2, 4, 6, 8]
+            results.close()
+
+
+def _never_read():
+    msg = "the iterable of a map() with bad arguments was read"
+    raise AssertionError(msg)
+    yield  # a generator: raises only if iterated
+
+
 class TestLimits:
     def test_max_workers_is_never_exceeded_and_is_reached(self):
         """At most max_workers children run at once, and the limit is used."""
@@ -215,6 +300,30 @@ def _timed_nap(seconds: float) -> tuple[float, float]:
     start = time.monotonic()
     time.sleep(seconds)
     return start, time.monotonic()
+
+
+class TestPlatform:
+    def test_linux_is_supported(self):
+        """This platform (Linux) has everything forkpool needs."""
+        assert platform_error() is None
+
+    @pytest.mark.parametrize(
+        ("platform", "has_fork", "has_epoll", "missing"),
+        [
+            ("darwin", True, False, "select.epoll(), Linux's /proc"),
+            ("freebsd14", True, False, "select.epoll(), Linux's /proc"),
+            ("win32", False, False, "os.fork(), select.epoll(), Linux's /proc"),
+        ],
+    )
+    def test_other_platforms_are_refused_naming_what_is_missing(
+        self, platform, has_fork, has_epoll, missing
+    ):
+        """Elsewhere the error says Linux only, and what the platform lacks."""
+        error = platform_error(platform, has_fork=has_fork, has_epoll=has_epoll)
+        assert isinstance(error, forkpool.ForkPoolError)
+        assert str(error).startswith(
+            f"forkpool runs on Linux only: it needs {missing}, which {platform!r} does not"
+        )
 
 
 class TestValidation:

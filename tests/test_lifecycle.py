@@ -278,6 +278,37 @@ class TestStopWorkers:
             ex.submit(_sleep_and_return, 0)
         ex.shutdown(wait=True)
 
+    @pytest.mark.parametrize("method", ["terminate_workers", "kill_workers"])
+    def test_stopping_an_executor_that_never_forked(self, method):
+        """With nothing forked, terminate/kill_workers only shut down: submit then refuses."""
+        ex = ForkPerTaskExecutor(1)
+        getattr(ex, method)()
+        with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+            ex.submit(_sleep_and_return, 0)
+        ex.shutdown(wait=True)
+
+    @pytest.mark.parametrize("method", ["terminate_workers", "kill_workers"])
+    def test_stopping_after_a_child_died(self, method):
+        """After a child's death, terminate/kill_workers raise nothing and still stop the rest."""
+        with ForkPerTaskExecutor(2) as ex:
+            with pytest.raises(ChildDiedError):
+                ex.submit(os._exit, 1).result(timeout=10)
+            running = ex.submit(_sleep_and_return, 30)
+            wait_for(lambda: running.pid is not None, 10, "the fork")
+            getattr(ex, method)()
+            with pytest.raises(ChildDiedError, match=rf"stopped by {method}\(\)"):
+                running.result(timeout=10)
+
+    def test_tasks_with_a_slot_but_not_forked_are_cancelled(self):
+        """kill_workers() right after submits: each task ran or was cancelled, none pending."""
+        ex = ForkPerTaskExecutor(4)
+        futures = [ex.submit(_sleep_and_return, 30) for _ in range(4)]
+        ex.kill_workers()
+        ex.shutdown(wait=True)
+        for future in futures:
+            assert future.done()
+            assert future.cancelled() or isinstance(future.exception(), ChildDiedError)
+
     def test_a_task_that_finishes_when_stopped_keeps_its_result(self, tmp_path):
         """A child that handles terminate_workers()' SIGTERM and returns: its result stands."""
         ready = tmp_path / "ready"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
+import functools
 import os
 import pickle
 import re
@@ -195,8 +196,22 @@ class TestChildDeath:
 
     def test_exit_zero_without_result(self, ex):
         """Even exit code 0 without a result is a death, not a success."""
-        with pytest.raises(ChildDiedError, match=r"exited with code 0"):
+        with pytest.raises(ChildDiedError, match=r"exited with code 0") as info:
             ex.submit(os._exit, 0).result(timeout=10)
+        assert info.value.__cause__ is None  # as ProcessPoolExecutor: only nonzero is abrupt
+
+    @pytest.mark.parametrize(
+        ("task", "code"),
+        [(functools.partial(os._exit, 99), 99), (_segfault, -signal.SIGSEGV)],
+    )
+    def test_the_cause_says_the_process_terminated_abruptly(self, ex, task, code):
+        """As ProcessPoolExecutor on 3.15: the cause names the pid and the exit code."""
+        with pytest.raises(BrokenProcessPool) as info:
+            ex.submit(task).result(timeout=10)
+        cause = info.value.__cause__
+        assert isinstance(cause, RemoteTraceback)
+        assert cause.tb == f"Process {info.value.pid} terminated abruptly with exit code {code}"
+        assert cause.tb in str(cause)
 
 
 class TestErrorObjects:

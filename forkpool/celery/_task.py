@@ -94,7 +94,7 @@ def _wait(future: ForkFuture[Any], soft: float | None) -> None:
             future._wait(_WAIT_SLICE, stop_on_error=False)  # noqa: SLF001 - see below
             if not sent and soft_at is not None and time.monotonic() >= soft_at:
                 sent = future.send_signal(_in_child.SOFT_TIME_LIMIT_SIGNAL) or sent
-        except SoftTimeLimitExceeded:  # noqa: PERF203 - once per 0.1 s of waiting
+        except SoftTimeLimitExceeded:
             # Prefork's soft limit, raised here: the body is the one to hear it.
             if not sent:
                 sent = future.send_signal(_in_child.SOFT_TIME_LIMIT_SIGNAL)

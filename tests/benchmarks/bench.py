@@ -123,16 +123,13 @@ def throughput_contenders(workers: int, redis_url: str) -> dict[str, Callable[[i
             n,
         ),
     }
-    if sys.version_info >= (3, 11):  # max_tasks_per_child is new in 3.11
-        for method in ("forkserver", "spawn"):
-            contenders[f"PPE max_tasks_per_child=1 ({method})"] = lambda n, method=method: (
-                run_executor(
-                    concurrent.futures.ProcessPoolExecutor(
-                        workers, multiprocessing.get_context(method), max_tasks_per_child=1
-                    ),
-                    n,
-                )
-            )
+    for method in ("forkserver", "spawn"):
+        contenders[f"PPE max_tasks_per_child=1 ({method})"] = lambda n, method=method: run_executor(
+            concurrent.futures.ProcessPoolExecutor(
+                workers, multiprocessing.get_context(method), max_tasks_per_child=1
+            ),
+            n,
+        )
     try:
         import pebble  # noqa: PLC0415 - optional contender
 
@@ -577,7 +574,7 @@ def main() -> int:
     server.start()
     try:
         results: dict[str, Any] = {
-            "date": dt.datetime.now(dt.timezone.utc).date().isoformat(),
+            "date": dt.datetime.now(dt.UTC).date().isoformat(),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}, "
             f"Python {platform.python_version()}",
             "smoke": smoke,

@@ -36,12 +36,9 @@ Some facts about fork, each of which shaped this module:
 * Each child leads its own process group, so one ``killpg`` reaches the grandchildren
   it starts, and a Ctrl-C at the terminal reaches the parent only.
 * Python 3.12+ warns when a multi-threaded process forks. Forking from a dedicated
-  thread, with the precautions above, is this module's purpose, so a filter for
-  exactly that warning, attributed to this module, sits at the front of
-  ``warnings.filters`` for the duration of our fork call only. It is inserted and
-  removed in place: ``warnings.catch_warnings`` would swap the whole list, which
-  before Python 3.14 races with any other thread doing the same (pytest does, around
-  every test) and can restore the wrong list.
+  thread, with the precautions above, is this module's purpose: ``_quiet_fork``
+  silences that warning for our fork call alone, in a way other threads' use of
+  ``warnings.catch_warnings`` cannot race.
 """
 
 from __future__ import annotations
@@ -53,7 +50,6 @@ import gc
 import io
 import logging
 import os
-import re
 import resource
 import select
 import signal
@@ -63,27 +59,18 @@ import sys
 import termios
 import time
 import traceback
-import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import attrs
 
-from forkpool import _linux, _procfs
+from forkpool import _linux, _procfs, _quiet_fork
 from forkpool._options import MAX_MEMORY_LIMIT
 from forkpool._progress import Channel, in_forked_child, install_channel, make_channel
 from forkpool._wire import Kind, Outcome, encode_exception, encode_result
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
-
-_FORK_WARNING_FILTER: Final = (
-    "ignore",
-    re.compile(r"This process \(pid=\d+\) is multi-threaded, use of fork\(\)", re.IGNORECASE),
-    DeprecationWarning,
-    re.compile(r"forkpool\._fork\Z"),
-    0,
-)
+    from collections.abc import Callable, Container, Iterable
 
 # How long to wait for logging's module lock (rarely contended), and in all for
 # handler locks (often contended; a busy handler gets a fresh stream instead).
@@ -143,12 +130,18 @@ class Forker:
         self._parent_pid = os.getpid()
 
     def fork(
-        self, task: ChildTask, read_fd: int, write_fd: int, close_in_child: Iterable[int]
+        self,
+        task: ChildTask,
+        read_fd: int,
+        write_fd: int,
+        close_in_child: Iterable[int],
+        siblings: Container[int] = (),
     ) -> int:
         """Fork a child that runs ``task`` and reports on ``write_fd``; return its pid.
 
         ``read_fd`` is the parent's end of the same pipe, through which the child
-        can re-open the pipe if the task loses its own end.
+        can re-open the pipe if the task loses its own end. ``siblings``: the pids
+        of the children already running (see ``_quiet_fork``).
 
         Everything the child needs is built here, before fork: what the parent
         allocates lands on pages it is writing anyway, while each page a child
@@ -168,31 +161,31 @@ class Forker:
         name = None
         if task.task_id is not None:
             name = _linux.comm_name(_procfs.comm_marker(task.task_id))
-        locks = _LoggingLocks.acquire()
+        # Warnings' lock before logging's (see _quiet_fork).
+        filters_held = _quiet_fork.hold_filters()
         try:
-            setup = _ChildSetup(
-                parent_pid=self._parent_pid,
-                signals_to_reset=_signals_to_reset(),
-                signal_mask=self._thread_mask,
-                stream_swaps=spares.swaps(locks.handlers),
-                busy_handlers=locks.busy,
-                channel=channel,
-                close_fds=tuple(close_in_child),
-                name=name,
-            )
-            if _FORK_WARNS:
-                _silence_fork_warning()
+            locks = _LoggingLocks.acquire()
             try:
-                pid = os.fork()
+                setup = _ChildSetup(
+                    parent_pid=self._parent_pid,
+                    signals_to_reset=_signals_to_reset(),
+                    signal_mask=self._thread_mask,
+                    stream_swaps=spares.swaps(locks.handlers),
+                    busy_handlers=locks.busy,
+                    channel=channel,
+                    close_fds=tuple(close_in_child),
+                    name=name,
+                )
+                pid = _quiet_fork.fork(siblings)
+                if pid == 0:
+                    _quiet_fork.release_filters(filters_held)
+                    _run_child(task, setup)
             finally:
-                if _FORK_WARNS:
-                    _unsilence_fork_warning()
-            if pid == 0:
-                _run_child(task, setup)
+                # Only the parent gets here; the child leaves through os._exit and
+                # logging re-initializes these locks in it.
+                locks.release()
         finally:
-            # Only the parent gets here; the child leaves through os._exit and logging
-            # re-initializes these locks in it.
-            locks.release()
+            _quiet_fork.release_filters(filters_held)
         return pid
 
     def _spare_stdio(self) -> _SpareStdio:
@@ -493,21 +486,6 @@ def block_signals_in_this_thread() -> frozenset[int]:
     """
     previous: set[int] = _signal.pthread_sigmask(_signal.SIG_BLOCK, _CATCHABLE)
     return frozenset(previous)
-
-
-# Only 3.12+ warns about forking a multi-threaded process.
-_FORK_WARNS: Final = sys.version_info >= (3, 12)
-
-
-def _silence_fork_warning() -> None:
-    cast("list[Any]", warnings.filters).insert(0, _FORK_WARNING_FILTER)
-
-
-def _unsilence_fork_warning() -> None:
-    try:
-        cast("list[Any]", warnings.filters).remove(_FORK_WARNING_FILTER)
-    except ValueError:
-        pass
 
 
 @attrs.define

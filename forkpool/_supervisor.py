@@ -399,7 +399,9 @@ class Supervisor:
             keep_fds=item.options.pass_fds if item.options.close_fds else None,
         )
         try:
-            pid = self._forker.fork(task, read_fd, write_fd, self._parent_fds(read_fd))
+            pid = self._forker.fork(
+                task, read_fd, write_fd, self._parent_fds(read_fd), self._children
+            )
         except (OSError, RuntimeError) as exc:
             os.close(read_fd)
             os.close(write_fd)

@@ -31,7 +31,7 @@ import forkpool
 from forkpool import ChildDiedError, ForkPerTaskExecutor, TaskTimeoutError
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 # A task that announces its pid (flushed) and then runs far longer than any test.
 # The script takes Ctrl-C like an interactive program even when the test runner was
@@ -453,6 +453,91 @@ class TestWarnings:
         assert result.returncode == 0, result.stderr
         assert "multi-threaded" not in result.stderr
         assert "DeprecationWarning" not in result.stderr
+
+    @pytest.mark.parametrize(
+        "flags",
+        [("-W", "error"), ("-W", "always"), ("-X", "dev"), ("-X", "dev", "-W", "error")],
+        ids=["W-error", "W-always", "X-dev", "X-dev-W-error"],
+    )
+    def test_other_threads_swapping_filters_cannot_race_the_silencing(self, flags):
+        """Threads looping in catch_warnings(): every task returns, none stays pending, silent.
+
+        On 3.15 the warning is an exception under -W error, raised in the parent after
+        the child exists; a raced filter would lose that child and its future.
+        """
+        result = run_python(
+            """
+            import concurrent.futures, logging, os, threading, warnings, forkpool
+
+            stop = threading.Event()
+
+            def swap_filters():
+                while not stop.is_set():
+                    with warnings.catch_warnings():
+                        pass
+                    with warnings.catch_warnings(record=True):
+                        warnings.simplefilter("always")
+
+            # Warnings shown through logging: a thread holds warnings' lock, then
+            # a handler's, while forkpool takes them the other way round.
+            logging.captureWarnings(True)
+            logging.getLogger("py.warnings").addHandler(logging.FileHandler(os.devnull))
+
+            def warn_through_logging():
+                while not stop.is_set():
+                    try:
+                        warnings.warn("from a thread", UserWarning)
+                    except UserWarning:
+                        pass
+
+            swappers = [threading.Thread(target=swap_filters) for _ in range(3)]
+            swappers.append(threading.Thread(target=warn_through_logging))
+            for thread in swappers:
+                thread.start()
+            try:
+                with forkpool.ForkPerTaskExecutor(4) as ex:
+                    futures = [ex.submit(os.getpid) for _ in range(300)]
+                    done, pending = concurrent.futures.wait(futures, timeout=60)
+                    assert not pending, f"{len(pending)} futures pending"
+                    pids = {f.result() for f in futures}
+                    assert len(pids) == 300
+            finally:
+                stop.set()
+                for thread in swappers:
+                    thread.join()
+            print("all returned")
+            """,
+            *flags,
+            timeout=90,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "all returned"
+        assert "multi-threaded" not in result.stderr
+        assert "DeprecationWarning" not in result.stderr
+
+
+    @pytest.mark.skipif(
+        sys.version_info < (3, 15), reason="before 3.15 CPython discards the warning as an error"
+    )
+    def test_a_child_whose_fork_raised_the_warning_is_still_supervised(self):
+        """3.15: if fork() raises its warning anyway, the child it made is found and run."""
+        result = run_python(
+            """
+            import os, threading, time, warnings, forkpool
+
+            # An at-fork hook that makes every warning an error, ahead of any filter
+            # set before the fork: fork()'s own warning is then raised in the parent.
+            os.register_at_fork(before=lambda: warnings.simplefilter("error"))
+            with forkpool.ForkPerTaskExecutor(2) as ex:
+                futures = [ex.submit(os.getpid) for _ in range(6)]
+                for future in futures:
+                    assert future.result(timeout=20) == future.pid, future
+            print("supervised")
+            """,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "supervised"
 
 
 class TestStress:

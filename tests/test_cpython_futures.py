@@ -15,9 +15,12 @@ ships its test package (Debian splits it out: ``python-from-debian --with-tests`
 from __future__ import annotations
 
 import importlib.util
+import multiprocessing
 import sys
 import types
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -33,6 +36,9 @@ from test.test_concurrent_futures import (
 )
 
 from forkpool import ForkPerTaskExecutor
+
+if TYPE_CHECKING:
+    from multiprocessing.managers import SyncManager
 
 _STDLIB_IMPORT = "from concurrent.futures import {executor_type}"
 _OUR_IMPORT = "from forkpool import {executor_type}"
@@ -59,9 +65,28 @@ test_shutdown = _shutdown_tests()
 
 
 class ForkPoolMixin(util.ExecutorMixin):
-    """Makes ``self.executor`` a ForkPerTaskExecutor with CPython's worker count."""
+    """Makes ``self.executor`` a ForkPerTaskExecutor with CPython's worker count.
+
+    From 3.14 on the tests wait on events a task can see (``create_event``): a
+    multiprocessing manager's, as CPython's process-pool mixins give them.
+    """
 
     executor_type = ForkPerTaskExecutor
+    _events: SyncManager | None = None
+
+    def create_event(self):
+        if self._events is None:
+            with warnings.catch_warnings():
+                # The manager's process is forked from this threaded one.
+                warnings.filterwarnings("ignore", ".*multi-threaded", DeprecationWarning)
+                self._events = multiprocessing.get_context("fork").Manager()
+        return self._events.Event()
+
+    def tearDown(self):
+        if self._events is not None:
+            self._events.shutdown()
+            self._events = None
+        super().tearDown()
 
 
 class ForkPoolExecutorTest(executor.ExecutorTest, ForkPoolMixin, util.BaseTestCase):

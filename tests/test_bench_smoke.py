@@ -25,6 +25,8 @@ def test_bench_smoke(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     sections = (
         "task throughput",
+        "process pools, minimal __main__",
+        "process pools, realistic __main__",
         "process-tree RSS",
         "MiB results",
         "latency",

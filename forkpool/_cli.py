@@ -13,7 +13,8 @@ import os
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any, cast
+import unicodedata
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import attrs
 
@@ -234,7 +235,8 @@ def collect_rows(client: Client, prefix: str, hosts: list[str]) -> list[Row]:
         entries = read_entries(client, Keys(prefix, host))
         for task_id, problem in sorted(entries.malformed.items()):
             print(
-                f"forkpool: skipping malformed entry {task_id} on {host}: {problem}",
+                f"forkpool: skipping malformed entry {shown(task_id)} on {shown(host)}: "
+                f"{shown(problem)}",
                 file=sys.stderr,
             )
         for entry, lease in entries.valid.values():
@@ -242,6 +244,22 @@ def collect_rows(client: Client, prefix: str, hosts: list[str]) -> list[Row]:
             rows.append(Row(entry, lease, parent_alive(entry) if here else None))
     rows.sort(key=lambda row: (row.entry.host, row.entry.started))
     return rows
+
+
+def shown(text: str) -> str:
+    """``text`` safe for a terminal: control and format characters escaped, as repr does.
+
+    Everything ``ps``, ``reap`` and ``kill-all`` print comes from Redis, which any
+    host sharing it can write: a name must not move the cursor, recolour the
+    screen, ring the bell or start a new line.
+    """
+    return "".join(
+        repr(char)[1:-1] if unicodedata.category(char) in _UNSHOWN else char for char in text
+    )
+
+
+# Control, format (bidi overrides among them), line and paragraph separators.
+_UNSHOWN: Final = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 def render_table(rows: list[Row], now: float) -> str:
@@ -252,10 +270,10 @@ def render_table(rows: list[Row], now: float) -> str:
         entry = row.entry
         lines.append(
             (
-                entry.host,
-                entry.task_id[:12],
+                shown(entry.host),
+                shown(entry.task_id[:12]),
                 str(entry.pid),
-                entry.name,
+                shown(entry.name),
                 _duration(now - entry.started),
                 "-" if entry.deadline is None else _duration(entry.deadline - now),
                 _duration(row.lease_expires - now),
@@ -319,14 +337,17 @@ def _run_reap(args: argparse.Namespace) -> int:
     with client:
         report = reaper.cycle(client)
     for entry in report.stopped:
-        print(f"stopped task {entry.task_id} (pid {entry.pid}, {entry.name}): parent gone")
+        print(
+            f"stopped task {shown(entry.task_id)} (pid {entry.pid}, {shown(entry.name)}): "
+            "parent gone"
+        )
     if report.orphans_stopped:
         orphans = plural(report.orphans_stopped, "orphaned descendant", "orphaned descendants")
         print(f"stopped {orphans}")
     for task_id in report.removed:
-        print(f"removed entry {task_id}")
+        print(f"removed entry {shown(task_id)}")
     for host in report.stale_hosts:
-        print(f"forgot departed host {host}")
+        print(f"forgot departed host {shown(host)}")
     if not (report.stopped or report.removed or report.stale_hosts or report.orphans_stopped):
         print("nothing to reap")
     # Wait out the grace so that whatever ignored SIGTERM gets SIGKILL.
@@ -357,16 +378,18 @@ def _run_kill_all(args: argparse.Namespace) -> int:
                     if found:
                         alive.append(entry)
             for entry in alive:
-                print(f"would stop task {entry.task_id} (pid {entry.pid}, {entry.name})")
+                print(
+                    f"would stop task {shown(entry.task_id)} (pid {entry.pid}, {shown(entry.name)})"
+                )
             print(
-                f"{plural(len(alive), 'tracked child', 'tracked children')} on {host}; "
+                f"{plural(len(alive), 'tracked child', 'tracked children')} on {shown(host)}; "
                 "pass --yes to stop them"
             )
             return EXIT_REFUSED
         stopped = stop_tracked_children(
             client, Keys(args.prefix, host), f"`forkpool kill-all` in process {os.getpid()}"
         )
-    print(f"stopped {plural(stopped, 'tracked child', 'tracked children')} on {host}")
+    print(f"stopped {plural(stopped, 'tracked child', 'tracked children')} on {shown(host)}")
     return 0
 
 

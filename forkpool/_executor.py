@@ -137,11 +137,12 @@ class ForkPerTaskExecutor(Executor):
             ``2 * reap_interval``.
         reap_interval: Seconds between the Redis thread's cycles (renew own leases,
             reap orphans of dead executors on this host).
-        memory_limit: Bytes each task may allocate beyond what its child
-            inherited (``RLIMIT_DATA``); past that the task gets ``MemoryError``
-            instead of meeting the OOM killer. None: no cap.
+        memory_limit: Bytes of private memory each task may add beyond what its
+            child inherited (``RLIMIT_DATA``: the heap, objects, buffers and
+            copy-on-write mappings, not shared memory); past that the task gets
+            ``MemoryError`` instead of meeting the OOM killer. None: no cap.
         close_fds: In each child, close every descriptor it inherited but stdin,
-            stdout, stderr, its result pipe, the streams of logging's handlers and
+            stdout, stderr, its result pipe, what logging's handlers write to and
             ``pass_fds``. For servers: a child must not hold the listening socket,
             clients' connections or the event loop's epoll. (They are replaced by
             ``/dev/null``, not freed, so an inherited object that still holds a

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import sys
 import threading
 from typing import Protocol
@@ -37,6 +38,22 @@ class ExitParticipant(Protocol):
 # can run inside register() or forget() in the same thread.
 _lock = threading.RLock()
 _registered: set[ExitParticipant] = set()
+
+
+def _after_fork_in_child() -> None:
+    """A fresh lock and list in every child: another thread may have held the lock at fork.
+
+    A task that makes its own executor registers it here; with the lock inherited
+    held (a parent thread was creating or shutting down an executor at that
+    instant), it would wait forever. The parent's executors are not the child's to
+    wait for at exit.
+    """
+    global _lock, _registered  # noqa: PLW0603 - the point: this process's own
+    _lock = threading.RLock()
+    _registered = set()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def register(participant: ExitParticipant) -> None:

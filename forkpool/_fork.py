@@ -384,9 +384,7 @@ def _neutralize_inherited_fds(keep: set[int]) -> None:
     was -- a client sees its connection's EOF, a listening port is free once the
     server lets go -- and keeps the number taken.
     """
-    for stream in _logging_streams():
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            keep.add(stream.fileno())
+    keep.update(_logging_fds())
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
         # Names, not Path objects: every object made here is a write, and so a
@@ -402,22 +400,38 @@ def _neutralize_inherited_fds(keep: set[int]) -> None:
         os.close(null)
 
 
-def _logging_streams() -> list[Any]:
-    return [
-        handler.stream
-        for handler in _all_handlers()
-        if isinstance(handler, logging.StreamHandler) and hasattr(handler.stream, "fileno")
-    ]
+# Where logging's handlers keep what they write to: a stream (StreamHandler,
+# FileHandler), a TCP socket (SocketHandler), a UDP or Unix socket (SysLogHandler,
+# DatagramHandler).
+_HANDLER_ENDPOINTS: Final = ("stream", "sock", "socket")
+
+
+def _logging_fds() -> set[int]:
+    """The descriptors logging's handlers write to: a task's records must still arrive."""
+    fds: set[int] = set()
+    for handler in _all_handlers():
+        for name in _HANDLER_ENDPOINTS:
+            endpoint = getattr(handler, name, None)
+            if endpoint is None:
+                continue
+            try:
+                fd = endpoint.fileno()
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(fd, int) and fd >= 0:
+                fds.add(fd)
+    return fds
 
 
 def _cap_memory(limit: int) -> None:
     """Let this process allocate at most ``limit`` bytes more than it inherited.
 
-    RLIMIT_DATA counts private writable memory (heap, anonymous mappings, thread
-    stacks), which is what a Python task's objects and buffers occupy. RLIMIT_AS
-    would also count file-backed mappings: a task merely mmap-reading a large file
-    fails under it. The inherited part is measured from ``VmData`` so that a large
-    parent does not eat the task's budget.
+    RLIMIT_DATA counts private writable memory (heap, private mappings, file-backed
+    copy-on-write ones included, thread stacks), which is what a Python task's
+    objects and buffers occupy; not shared memory. RLIMIT_AS would also count
+    read-only file mappings: a task merely mmap-reading a large file fails under it.
+    The inherited part is measured from ``VmData`` so that a large parent does not
+    eat the task's budget.
     """
     inherited = 0
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -528,7 +542,13 @@ class _LoggingLocks:
 
 
 def _give_fresh_streams(handlers: list[logging.Handler]) -> None:
-    """In the child: replace the streams of handlers that were busy at fork time."""
+    """In the child: replace the streams of handlers that were busy at fork time.
+
+    The replaced stream is kept, never collected: it owns its descriptor (a
+    FileHandler's file), and collecting it would close that descriptor under the
+    new stream, whose writes would then fail, or, once the task opened a file of
+    its own under the freed number, land in the task's file.
+    """
     for handler in handlers:
         stream = getattr(handler, "stream", None)
         if not isinstance(handler, logging.StreamHandler) or type(stream) is not io.TextIOWrapper:
@@ -537,6 +557,11 @@ def _give_fresh_streams(handlers: list[logging.Handler]) -> None:
             continue  # already a fresh spare
         with contextlib.suppress(OSError, ValueError):
             handler.stream = _fresh_text_stream(stream, stream.fileno())
+            _REPLACED_STREAMS.append(stream)
+
+
+# In a child: the stream objects it replaced, kept until os._exit (see above).
+_REPLACED_STREAMS: list[object] = []
 
 
 def _all_handlers() -> list[logging.Handler]:

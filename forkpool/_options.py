@@ -199,11 +199,12 @@ def task_name(fn: Callable[..., Any]) -> str:
         inner = fn
     for describe in (_own_name, _type_name):
         try:
-            name = describe(inner)
+            # A plain str, cut by str's own slicing: a str subclass's may raise.
+            name = str.__getitem__(describe(inner), slice(_NAME_MAX))
         except BaseException:  # noqa: BLE001, S112 - e.g. __getattr__ raising outside a context
             continue
         if name:
-            return name[:_NAME_MAX]
+            return name
     return "<callable>"
 
 
@@ -211,12 +212,15 @@ def task_name(fn: Callable[..., Any]) -> str:
 _NAME_MAX: Final = 200
 
 
-def _own_name(fn: object) -> str | None:
+def _own_name(fn: object) -> str:
     name = getattr(fn, "__qualname__", None)
     if not isinstance(name, str):
-        return None
+        return ""
+    name = str.__str__(name)  # a plain copy, whatever the subclass does
     module = getattr(fn, "__module__", None)
-    return f"{module}.{name}" if isinstance(module, str) and module else name
+    if not isinstance(module, str) or not str.__len__(module):
+        return name
+    return str.__str__(module) + "." + name
 
 
 def _type_name(fn: object) -> str:
@@ -286,10 +290,11 @@ def options(
         kill_grace: Seconds between SIGTERM and SIGKILL when the task is stopped.
         ttl: Lease length, in seconds, of the task's Redis entry (renewed by its
             owner while it runs). Must exceed twice the executor's reap_interval.
-        memory_limit: Bytes the task may allocate beyond what its child inherited;
-            past that, allocations raise MemoryError in the task. None: no cap.
+        memory_limit: Bytes of private memory the task may add beyond what its
+            child inherited (not shared memory); past that, allocations raise
+            MemoryError in the task. None: no cap.
         close_fds: In the child, close every inherited descriptor but stdio, the
-            result pipe, logging's streams and ``pass_fds`` (see the executor).
+            result pipe, logging's handlers' streams and sockets and ``pass_fds``.
         pass_fds: Descriptors a child keeps open under ``close_fds``.
 
     Returns:

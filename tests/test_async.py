@@ -145,6 +145,62 @@ class TestAclose:
         assert isinstance(future.exception(timeout=10), forkpool.ChildDiedError)
         wait_gone(future.pid, timeout=5)
 
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_aclose_can_be_awaited_again_after_a_timeout(self, backend):
+        """wait_for(aclose(), t) timed out; aclose() again returns once the children are reaped."""
+
+        async def main() -> tuple[forkpool.ForkFuture[object], float]:
+            ex = ForkPerTaskExecutor(1, kill_grace=1)
+            future = ex.submit(_nap, 30)
+            while future.pid is None:  # noqa: ASYNC110 - forked within milliseconds
+                await anyio.sleep(0.01)
+            with anyio.move_on_after(0.3):
+                await ex.aclose()
+            started = time.monotonic()
+            await ex.aclose()
+            return future, time.monotonic() - started
+
+        future, second_wait = anyio.run(main, backend=backend)
+        assert future.done()
+        assert isinstance(future.exception(timeout=0), forkpool.ChildDiedError)
+        assert second_wait < 1 + 5  # kill_grace + a few seconds
+        wait_gone(future.pid, timeout=5)
+
+    def test_asyncio_wait_for_then_aclose_again(self):
+        """The pattern wait_for(ex.aclose(), t), then, on TimeoutError, await ex.aclose()."""
+
+        async def main() -> bool:
+            ex = ForkPerTaskExecutor(1, kill_grace=1)
+            future = ex.submit(_nap, 30)
+            while future.pid is None:  # noqa: ASYNC110 - forked within milliseconds
+                await asyncio.sleep(0.01)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ex.aclose(), 0.3)
+            await asyncio.wait_for(ex.aclose(), 10)
+            return future.done()
+
+        assert asyncio.run(main())
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_aclose_after_an_async_with_whose_body_timed_out(self, backend):
+        """A cancel scope that ends `async with ex:` leaves aclose() usable: it returns."""
+
+        async def main() -> tuple[ForkPerTaskExecutor, list[forkpool.ForkFuture[object]], float]:
+            ex = ForkPerTaskExecutor(1, kill_grace=1)
+            futures = []
+            with anyio.move_on_after(0.5):
+                async with ex:
+                    futures.append(ex.submit(_nap, 30))
+                    await anyio.sleep(30)
+            started = time.monotonic()
+            await ex.aclose()
+            return ex, futures, time.monotonic() - started
+
+        ex, futures, second_wait = anyio.run(main, backend=backend)
+        assert repr(ex).endswith("shut down>")
+        assert futures[0].done()
+        assert second_wait < 1 + 5  # kill_grace + a few seconds
+
     def test_async_with(self):
         """async with closes the executor with aclose on the way out."""
 

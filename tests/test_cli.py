@@ -146,6 +146,23 @@ class TestPs:
             f"forkpool: host 'nope' has not been seen under prefix '{prefix}'; known hosts: {HOST}"
         )
 
+    def test_names_with_control_characters_print_escaped_one_line_each(
+        self, redis_url, prefix, client, busy
+    ):
+        """Names from Redis, which any host may write, reach the terminal escaped."""
+        meta = Keys(prefix, HOST).meta
+        for task_id, raw in client.hgetall(meta).items():
+            entry = json.loads(raw)
+            entry["name"] = "evil\nsecond line\x1b[2J\x07\u202eoverride"
+            client.hset(meta, task_id, json.dumps(entry))
+        result = forkpool_cli("ps", "--redis", redis_url, "--prefix", prefix, "--host", HOST)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert len(lines) == 1 + len(busy)  # the header and one line per child
+        for line in lines[1:]:
+            assert "evil\\nsecond line\\x1b[2J\\x07\\u202eoverride" in line
+        assert not any(char in result.stdout for char in "\x1b\x07\u202e")
+
     def test_nothing_tracked_yet(self, own_server):
         """On a Redis no executor has used, ps prints an empty table and --json prints []."""
         text = forkpool_cli("ps", "--redis", own_server.url, "--host", HOST)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import logging.handlers
 import os
 import re
 import signal
@@ -515,7 +516,6 @@ class TestWarnings:
         assert "multi-threaded" not in result.stderr
         assert "DeprecationWarning" not in result.stderr
 
-
     @pytest.mark.skipif(
         sys.version_info < (3, 15), reason="before 3.15 CPython discards the warning as an error"
     )
@@ -589,6 +589,93 @@ class TestStress:
         assert result.returncode == 0, result.stderr[-3000:]
         assert result.stdout.rstrip().endswith("all-200-correct")
         assert result.stderr.count(" logs") == 200  # every task's log record arrived
+
+    @pytest.mark.timeout(180)
+    def test_tasks_that_make_executors_while_parent_threads_make_theirs(self):
+        """Parent threads make and drop executors while tasks each make one: none hangs."""
+        stop = threading.Event()
+
+        def churn():
+            # Each executor registers with, and leaves, the interpreter-exit registry.
+            while not stop.is_set():
+                ForkPerTaskExecutor(1).shutdown()
+
+        churners = [threading.Thread(target=churn) for _ in range(3)]
+        for thread in churners:
+            thread.start()
+        try:
+            with ForkPerTaskExecutor(2, timeout=15) as ex:
+                futures = [ex.submit(_pid_from_a_nested_executor) for _ in range(60)]
+                pids = [future.result(timeout=60) for future in futures]
+        finally:
+            stop.set()
+            for thread in churners:
+                thread.join()
+        assert len(set(pids)) == 60
+        assert os.getpid() not in pids
+
+    @pytest.mark.timeout(120)
+    def test_a_file_handlers_records_land_once_in_its_file_under_200_threads(self, tmp_path):
+        """200 parent threads log, print and warn while tasks fork: every task's record
+        reaches the log file once, and never a file the task opened itself."""
+        result = run_script(
+            f"""
+            import logging, os, sys, threading, warnings, forkpool
+
+            log_path = {str(tmp_path / "app.log")!r}
+            handler = logging.FileHandler(log_path)
+            logging.getLogger().addHandler(handler)
+            logging.getLogger().setLevel(logging.INFO)
+            log = logging.getLogger("app")
+            stop = threading.Event()
+
+            def busy(n):
+                while not stop.is_set():
+                    if n % 4 == 0:
+                        log.info("parent thread %d", n)
+                    elif n % 4 == 1:
+                        logging.getLogger(f"made.{{n}}.{{os.urandom(2).hex()}}")
+                    elif n % 4 == 2:
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            warnings.warn("w")
+                    else:
+                        print("parent thread", n, file=sys.stderr)
+
+            def task(i):
+                own = open(os.path.join({str(tmp_path)!r}, f"task-{{i}}.out"), "w")
+                log.info("record of task %d", i)
+                handler.flush()
+                own.write("task output\n")
+                own.close()
+                return i
+
+            threads = [threading.Thread(target=busy, args=(n,)) for n in range(200)]
+            for thread in threads:
+                thread.start()
+            try:
+                with forkpool.ForkPerTaskExecutor(2) as ex:
+                    futures = [ex.submit(task, i) for i in range(30)]
+                    results = [f.result(timeout=60) for f in futures]
+            finally:
+                stop.set()
+                for thread in threads:
+                    thread.join()
+            assert results == list(range(30)), results
+            print("done")
+            """,
+            timeout=110,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        log_text = (tmp_path / "app.log").read_text()
+        for i in range(30):
+            assert log_text.count(f"record of task {i}\n") == 1, i
+            assert (tmp_path / f"task-{i}.out").read_text() == "task output\n", i
+
+
+def _pid_from_a_nested_executor() -> int:
+    with ForkPerTaskExecutor(1) as inner:
+        return inner.submit(os.getpid).result(timeout=10)
 
 
 def _held_elsewhere(lock: threading.RLock) -> bool:
@@ -700,6 +787,11 @@ class TestChildIdentity:
         assert "a forked child" in outcome
 
 
+def _log_and_list(logger_name: str) -> dict[int, str]:
+    logging.getLogger(logger_name).warning("from the task")
+    return _descriptors()
+
+
 def _descriptors() -> dict[int, str]:
     """What each of this process's descriptors refers to."""
     found = {}
@@ -731,6 +823,44 @@ class TestCloseFds:
             left.close()
             right.close()
             kept_file.close()
+
+    @pytest.mark.parametrize("kind", ["SysLogHandler (UDP)", "SocketHandler (TCP)"])
+    def test_logging_handlers_on_sockets_keep_working(self, kind):
+        """close_fds keeps a socket handler's socket; the parent's other sockets go."""
+        other_left, other_right = socket.socketpair()
+        if kind.startswith("SysLog"):
+            receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            receiver.bind(("127.0.0.1", 0))
+            handler: logging.Handler = logging.handlers.SysLogHandler(receiver.getsockname())
+            endpoint = handler.socket  # type: ignore[attr-defined]
+        else:
+            receiver = socket.create_server(("127.0.0.1", 0))
+            handler = logging.handlers.SocketHandler(*receiver.getsockname())
+            handler.sock = handler.makeSocket()  # type: ignore[attr-defined]
+            endpoint = handler.sock  # type: ignore[attr-defined]
+        receiver.settimeout(10)
+        log = logging.getLogger("fptest.close_fds.sockets")
+        log.addHandler(handler)
+        log.propagate = False
+        try:
+            with ForkPerTaskExecutor(1, close_fds=True) as ex:
+                seen = ex.submit(_log_and_list, log.name).result(timeout=10)
+            if kind.startswith("SysLog"):
+                record = receiver.recv(65536)
+            else:
+                connection, _ = receiver.accept()
+                with connection:
+                    connection.settimeout(10)
+                    record = connection.recv(65536)
+            assert b"from the task" in record
+            assert seen[endpoint.fileno()].startswith("socket:")
+            assert seen[other_left.fileno()] == seen[other_right.fileno()] == "/dev/null"
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+            receiver.close()
+            other_left.close()
+            other_right.close()
 
     def test_per_callable_close_fds_and_a_task_that_opens_files(self, tmp_path):
         """options(close_fds=True) applies per callable; files the task opens work."""

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import pytest
 from helpers import wait_for
 
 import forkpool
 from forkpool import ChildDiedError, ForkPerTaskExecutor, ResourceUsage
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def _count_up(n: int, pause: float = 0.0) -> str:
@@ -156,6 +162,20 @@ class TestResourceUsage:
         assert "peak RSS" in caplog.text
 
 
+def _map_file(path: Path, access: int, length: int = 0) -> int:
+    with path.open("r+b") as file, mmap.mmap(file.fileno(), length, access=access) as mapped:
+        checksum = sum(mapped[offset] for offset in range(0, len(mapped), 1 << 20))
+        assert checksum == 0
+        return len(mapped)
+
+
+def _fill_shared_memory(size: int) -> int:
+    with mmap.mmap(-1, size) as shared:  # anonymous and shared: mmap's default
+        for offset in range(0, size, mmap.PAGESIZE):
+            shared[offset] = 1
+        return len(shared)
+
+
 class TestMemoryLimit:
     def test_runaway_task_gets_memory_error(self):
         """A task allocating past memory_limit gets MemoryError; the executor goes on."""
@@ -172,6 +192,36 @@ class TestMemoryLimit:
         with ForkPerTaskExecutor(1, memory_limit=64 << 20) as ex:
             assert ex.submit(lambda: len(bytearray(32 << 20))).result(timeout=20) == 32 << 20
         del ballast
+
+    def test_read_only_and_shared_file_mappings_do_not_count(self, tmp_path):
+        """Mapping a 200 MiB file to read it, or shared, works under a 64 MiB limit."""
+        path = tmp_path / "big"
+        with path.open("wb") as big:
+            big.truncate(200 << 20)
+        with ForkPerTaskExecutor(1, memory_limit=64 << 20) as ex:
+            for access in (mmap.ACCESS_READ, mmap.ACCESS_WRITE):
+                assert ex.submit(_map_file, path, access).result(timeout=20) == 200 << 20
+
+    def test_a_copy_on_write_file_mapping_counts_its_whole_size(self, tmp_path):
+        """As documented: a private writable mapping of a 200 MiB file fails (ENOMEM)."""
+        path = tmp_path / "big"
+        with path.open("wb") as big:
+            big.truncate(200 << 20)
+        with ForkPerTaskExecutor(1, memory_limit=64 << 20) as ex:
+            with pytest.raises(OSError, match="Cannot allocate memory") as info:
+                ex.submit(_map_file, path, mmap.ACCESS_COPY).result(timeout=20)
+            assert info.value.errno == errno.ENOMEM
+            # Under the limit, the same mapping works.
+            assert ex.submit(_map_file, path, mmap.ACCESS_COPY, 32 << 20).result(timeout=20) == (
+                32 << 20
+            )
+
+    def test_shared_memory_is_not_counted(self):
+        """As documented: 150 MiB written to shared anonymous memory is not stopped at 64."""
+        with ForkPerTaskExecutor(1, memory_limit=64 << 20) as ex:
+            assert ex.submit(_fill_shared_memory, 150 << 20).result(timeout=30) == 150 << 20
+            with pytest.raises(MemoryError):
+                ex.submit(bytearray, 150 << 20).result(timeout=20)  # private: stopped
 
     def test_per_callable_memory_limit(self):
         """options(memory_limit=...) caps one callable; None lifts the executor's cap."""

@@ -224,6 +224,36 @@ class TestAnyCallable:
             ]
         )
 
+    def test_a_qualname_that_raises_on_every_use_fails_nothing(self, redis_url, client, prefix):
+        """A __qualname__ str subclass that raises on slicing, len() and more: all tasks run."""
+
+        def named() -> str:
+            time.sleep(0.8)
+            return "ran"
+
+        named.__qualname__ = _HostileStr("hostile\nname\x1b[31m")
+        with ForkPerTaskExecutor(1, redis=redis_url, key_prefix=prefix, host=HOST, **FAST) as ex:
+            future = ex.submit(named)
+            wait_for(lambda: _entries(client, prefix), 5, "the entry")
+            (entry,) = _entries(client, prefix).values()
+            assert future.result(timeout=10) == "ran"
+            assert ex.submit(pow, 2, 5).result(timeout=10) == 32  # the executor goes on
+        assert entry["name"] == f"{__name__}.hostile\nname\x1b[31m"
+
+
+class _HostileStr(str):
+    """A str whose every method a name's formatting might use raises."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object, **kwargs: object) -> object:
+        del args, kwargs
+        msg = "this name refuses to be used"
+        raise RuntimeError(msg)
+
+    __getitem__ = __len__ = __str__ = __format__ = __add__ = __radd__ = __bool__ = _refuse
+    __iter__ = __hash__ = __eq__ = __repr__ = _refuse
+
 
 class TestConfiguration:
     def test_url_from_environment(self, redis_url, client, prefix, monkeypatch):

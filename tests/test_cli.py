@@ -150,12 +150,19 @@ class TestPs:
         self, redis_url, prefix, client, busy
     ):
         """Names from Redis, which any host may write, reach the terminal escaped."""
-        meta = Keys(prefix, HOST).meta
-        for task_id, raw in client.hgetall(meta).items():
+        # Copies of the busy entries on a host of their own, which no executor rewrites
+        # and whose lease has not lapsed, so no reaper removes them first.
+        source, quiet = Keys(prefix, HOST), Keys(prefix, "quiet-host")
+        client.zadd(quiet.hosts, {"quiet-host": time.time() + 60})
+        for task_id, raw in client.hgetall(source.meta).items():
             entry = json.loads(raw)
+            entry["host"] = "quiet-host"
             entry["name"] = "evil\nsecond line\x1b[2J\x07\u202eoverride"
-            client.hset(meta, task_id, json.dumps(entry))
-        result = forkpool_cli("ps", "--redis", redis_url, "--prefix", prefix, "--host", HOST)
+            client.hset(quiet.meta, task_id, json.dumps(entry))
+            client.zadd(quiet.active, {task_id: time.time() + 60})
+        result = forkpool_cli(
+            "ps", "--redis", redis_url, "--prefix", prefix, "--host", "quiet-host"
+        )
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
         assert len(lines) == 1 + len(busy)  # the header and one line per child

@@ -136,3 +136,85 @@ class TestDask:
         child = int(pid_file.read_text())
         client.cancel(future)
         wait_gone(child, timeout=10)
+
+
+@pytest.fixture(name="one_thread_client", scope="module")
+def fixture_one_thread_client():
+    """A LocalCluster of one worker process with a single thread, with the plugin."""
+    distributed = pytest.importorskip("distributed")
+    from forkpool.dask import ForkedExecutorPlugin  # noqa: PLC0415
+
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        client.register_plugin(ForkedExecutorPlugin(max_workers=1, kill_grace=1))
+        yield client
+
+
+def _wait_for_pid_file(path: Path) -> int:
+    deadline = time.monotonic() + 20
+    while not path.exists() or not path.read_text():
+        if time.monotonic() > deadline:
+            msg = f"no pid in {path} within 20 s"
+            raise AssertionError(msg)
+        time.sleep(0.05)
+    return int(path.read_text())
+
+
+def _slow_square(directory: str, n: int) -> int:
+    Path(directory, f"square-{n}").write_text(str(os.getpid()))
+    time.sleep(1.5)
+    return n * n
+
+
+def _scheduler_knows(key: str, dask_scheduler: object) -> bool:
+    return key in dask_scheduler.tasks  # type: ignore[attr-defined]
+
+
+def _worker_state(key: str, dask_worker: object) -> str | None:
+    task = dask_worker.state.tasks.get(key)  # type: ignore[attr-defined]
+    return None if task is None else task.state
+
+
+@pytest.mark.hosts
+class TestDaskCancel:
+    def test_cancelling_a_forked_task_frees_the_worker(self, one_thread_client, tmp_path):
+        """One thread: after client.cancel of a running forked task, the next tasks run."""
+        import dask  # noqa: PLC0415
+
+        client = one_thread_client
+        with dask.annotate(executor="forked"):
+            running = client.submit(_announce_then_nap, str(tmp_path), 1, pure=False)
+        child = _wait_for_pid_file(tmp_path / "1")
+        client.cancel(running)
+        wait_gone(child, timeout=10)
+        with dask.annotate(executor="forked"):
+            forked = client.submit(_pid_of_call, 2, pure=False)
+        in_thread = client.submit(_pid_of_call, 3, pure=False)
+        assert forked.result(timeout=10)[0] == 2
+        assert in_thread.result(timeout=10)[0] == 3
+
+    def test_a_cancelled_key_submitted_again_gets_its_value(self, one_thread_client, tmp_path):
+        """client.cancel, then the same key again: its value arrives, as on a thread pool."""
+        import dask  # noqa: PLC0415
+
+        client = one_thread_client
+        with dask.annotate(executor="forked"):
+            first = client.submit(_slow_square, str(tmp_path), 7, key="square-7")
+        _wait_for_pid_file(tmp_path / "square-7")
+        client.cancel(first)
+        # Once the cancel has reached the worker, and the scheduler has forgotten the
+        # key (sooner, the client's cancel may still reach the new submission, which a
+        # thread-pool task does no better against).
+        deadline = time.monotonic() + 10
+        while client.run_on_scheduler(_scheduler_knows, "square-7") or not all(
+            state in (None, "cancelled") for state in client.run(_worker_state, "square-7").values()
+        ):
+            assert time.monotonic() < deadline, "the cancel did not go through"
+            time.sleep(0.01)
+        with dask.annotate(executor="forked"):
+            again = client.submit(_slow_square, str(tmp_path), 7, key="square-7")
+        assert again.result(timeout=20) == 49

@@ -455,6 +455,7 @@ class TestWarnings:
         assert "multi-threaded" not in result.stderr
         assert "DeprecationWarning" not in result.stderr
 
+    @pytest.mark.slow
     @pytest.mark.parametrize(
         "flags",
         [("-W", "error"), ("-W", "always"), ("-X", "dev"), ("-X", "dev", "-W", "error")],
@@ -545,6 +546,7 @@ class TestWarnings:
 
 
 class TestStress:
+    @pytest.mark.slow
     def test_logging_and_printing_threads_never_deadlock_children(self):
         """200 tasks finish correctly while 4 threads log and one prints non-stop."""
         result = run_script(
@@ -621,6 +623,7 @@ class TestStress:
         assert isinstance(pid, int)
         assert pid != os.getpid()
 
+    @pytest.mark.slow
     @pytest.mark.timeout(120)
     def test_a_file_handlers_records_land_once_in_its_file_under_200_threads(self, tmp_path):
         """200 parent threads log, print and warn while tasks fork: every task's record

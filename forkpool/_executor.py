@@ -399,6 +399,17 @@ class ForkPerTaskExecutor(Executor):
             )
             raise RuntimeError(msg)
 
+    def _refuse_forks(self) -> None:
+        """Fork no task from now on (running ones go on); safe in a signal handler.
+
+        For a host whose shutdown begins in a signal handler (Celery's): what was
+        not forked by then is cancelled as its turn comes, never forked late.
+        """
+        self._runtime.refusing_forks = True
+        supervisor = self._runtime.supervisor
+        if supervisor is not None:
+            supervisor.refuse_forks()
+
     def _stop_workers(self, signum: int, reason: StopReason) -> None:
         self._runtime.stop_all(signum, reason)
         self.shutdown(wait=False)
@@ -422,6 +433,7 @@ class _Runtime:
     lock: threading.Lock = attrs.field(factory=threading.Lock)
     closed: bool = False
     exiting: bool = False
+    refusing_forks: bool = False
     # Done once shut down and idle: every task ended, the last Redis writes made.
     finished: Future[None] = attrs.field(factory=Future)
 
@@ -451,6 +463,8 @@ class _Runtime:
                 bookkeeper=self.bookkeeper,
                 on_finished=self._supervisor_finished,
             )
+            if self.refusing_forks:
+                supervisor.refuse_forks()
             supervisor.start()
         return supervisor
 

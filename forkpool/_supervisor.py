@@ -172,6 +172,7 @@ class Supervisor:
         self._closed = False
         self._poller.register(self._wake_r, select.EPOLLIN)
         self._shutting_down = False
+        self._refusing = False
         self._abandoned = False
         self._abandon_handled = False
         self._warned_refused = False
@@ -227,6 +228,14 @@ class Supervisor:
         # A started one stays in _ready: this thread sees it cancelled and frees its slot.
         for item in items:
             item.future._cancel(contain=contain)  # noqa: SLF001
+
+    def refuse_forks(self) -> None:
+        """Fork nothing more: each task not forked yet is cancelled when its turn comes.
+
+        Safe in a signal handler: it only sets a flag (no lock, no wake-up). The
+        thread looks at it before every fork; running children are left alone.
+        """
+        self._refusing = True
 
     def begin_shutdown(self) -> None:
         """Finish the queued and running tasks, then exit the thread."""
@@ -351,7 +360,7 @@ class Supervisor:
                 items = list(self._ready)
                 self._ready.clear()
             for item in items:
-                if self._abandoned:
+                if self._abandoned or self._refusing:
                     item.future._cancel(contain=True)  # noqa: SLF001 - see abandon()
                 if item.future.cancelled():  # between submit() and now
                     self._release_slot()

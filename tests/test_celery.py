@@ -283,6 +283,34 @@ class TestShutdown:
             wait_gone(facts["pid"], 5)
             wait_gone(facts["grandchild"], 5)
 
+    def test_cold_shutdown_forks_nothing_after_the_signal(self, server, tmp_path):
+        """SIGQUIT with tasks handed to the pool but not forked: none is, and it ends in 8 s."""
+        name = _name()
+        worker = CeleryWorker(tmp_path, broker=server, backend=server, tracking=server)
+        with worker:
+            client = worker.client()
+            client.send_task("celery_app.sleeper", args=(f"{name}-running", 60))
+            running = worker.report(f"{name}-running-started")
+            waiting = [
+                client.send_task("celery_app.sleeper", args=(f"{name}-waiting-{n}", 0.1))
+                for n in range(3)
+            ]
+            # Received means handed to the pool (which holds no request back): they
+            # wait there for the one slot.
+            wait_for(
+                lambda: all(f"[{task.id}] received" in worker.log_text() for task in waiting),
+                10,
+                "the waiting tasks to reach the pool",
+            )
+            started = time.monotonic()
+            worker.signal(signal.SIGQUIT)
+            worker.wait(8)
+            took = time.monotonic() - started
+            wait_gone(running["pid"], 5)
+        forked = sorted(path.name for path in worker.reports.glob(f"{name}-waiting-*"))
+        assert forked == [], f"forked after SIGQUIT: {forked}"
+        assert took < 8
+
     def test_after_sigkill_of_the_worker_its_leftovers_are_stopped(self, server, tmp_path):
         """A SIGKILLed worker's child dies with it; the next worker stops what the child started."""
         name = _name()

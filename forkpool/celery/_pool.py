@@ -344,12 +344,15 @@ class ForkPool(BasePool):
 
         Celery closes the pool only once its event loop wakes up, which may be when
         the next task ends; a task queued here must not be forked meanwhile. This
-        runs inside a signal handler, so it only sets a flag, hands the cancelling
-        to the callback thread and wakes the loop.
+        runs inside a signal handler, so it only sets flags (the executor's, which its
+        supervisor reads before every fork, so nothing is forked from now on), hands
+        the cancelling to the callback thread and wakes the loop.
         """
         if self.node_name is not None and sender not in (None, self.node_name):
             return  # another worker's shutdown, in the same process
         self._closing = True
+        if self._executor is not None:
+            self._executor._refuse_forks()  # noqa: SLF001 - forkpool's own
         self._callbacks.call(self._cancel_unforked)
         self._wake_hub()
 

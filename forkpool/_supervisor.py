@@ -168,7 +168,10 @@ class Supervisor:
         self._timed: dict[int, Child] = {}
         self._unpolled: dict[int, Child] = {}
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._wake_lock = threading.Lock()
+        # Reentrant: a signal handler may wake this thread (a Celery shutdown stopping
+        # the running tasks) while the main thread it interrupted is inside wake()
+        # itself, submitting; a plain lock would deadlock the main thread there.
+        self._wake_lock = threading.RLock()
         self._closed = False
         self._poller.register(self._wake_r, select.EPOLLIN)
         self._shutting_down = False

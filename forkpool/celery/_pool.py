@@ -25,9 +25,11 @@ never in the supervisor, which must go on forking and reaping meanwhile.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -60,6 +62,8 @@ logger = logging.getLogger("forkpool.celery")
 
 # What revoke(terminate=True) sends when it names no signal (billiard's default).
 _TERM_SIGNAL: Final = signal.SIGTERM
+# The signals that begin a worker's shutdown: warm (SIGTERM, SIGINT) or cold (SIGQUIT).
+_SHUTDOWN_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
 @attrs.define(eq=False)
@@ -146,6 +150,8 @@ class ForkPool(BasePool):
         # Submitted, not forked yet: what a shutdown leaves to the broker.
         self._unforked: set[_Job] = set()
         self._closing = False
+        # Inside Celery's shutdown-signal handler (see _signalled): how deep.
+        self._in_signal_handler = 0
         self._tracking: dict[str, Any] = {}
         # A pipe the worker's event loop reads, to wake it (see _shutdown_begins).
         self._hub_wakeup: tuple[int, int] | None = None
@@ -172,6 +178,7 @@ class ForkPool(BasePool):
             raise _settings.explain(exc) from exc
         self._callbacks.start()
         signals.worker_shutting_down.connect(self._shutdown_begins, weak=False)
+        self._refuse_forks_first_on(_SHUTDOWN_SIGNALS)
 
     def register_with_event_loop(self, loop: Hub) -> None:
         """Give the worker's event loop a descriptor that a shutdown signal can wake."""
@@ -231,6 +238,15 @@ class ForkPool(BasePool):
         """Warm shutdown: the running tasks finish; those not forked yet are left unacked."""
         self._closing = True
         if self._executor is not None:
+            self._executor._refuse_forks()  # noqa: SLF001 - forkpool's own
+            if self._in_signal_handler:
+                # Celery's cold shutdown stops the pool from its signal handler, which
+                # may have interrupted this very thread inside the executor, holding
+                # its locks: waiting here would deadlock the worker. Nothing forks any
+                # more; Celery terminates the pool from its loop next (on_terminate),
+                # and the wait happens there.
+                self._wake_hub()
+                return
             self._executor.shutdown(wait=True, cancel_futures=True)
         self._finish()
 
@@ -250,6 +266,7 @@ class ForkPool(BasePool):
         """
         self._closing = True  # a task Celery still hands over is left unacked too
         if self._executor is not None:
+            self._executor._refuse_forks()  # noqa: SLF001 - forkpool's own
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _get_info(self) -> dict[str, Any]:
@@ -355,6 +372,32 @@ class ForkPool(BasePool):
             self._executor._refuse_forks()  # noqa: SLF001 - forkpool's own
         self._callbacks.call(self._cancel_unforked)
         self._wake_hub()
+
+    def _refuse_forks_first_on(self, signums: tuple[int, ...]) -> None:
+        """Make each shutdown signal stop the forking before Celery's handler runs.
+
+        Celery's cold shutdown (SIGQUIT) stops the running tasks and the pool from
+        its handler before it sends ``worker_shutting_down``: a task waiting for a
+        slot would be forked into the slot a stopped task freed. Wrapping the
+        handlers Celery installed (before the pool starts) closes that gap.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return  # an embedded worker: the process's signals are not its own
+        for signum in signums:
+            previous = signal.getsignal(signum)
+            if callable(previous):
+                signal.signal(signum, functools.partial(self._signalled, previous))
+
+    def _signalled(self, previous: Callable[..., Any], signum: int, frame: object) -> None:
+        """A shutdown signal: no fork from now on (flags only), then Celery's handler."""
+        self._closing = True
+        if self._executor is not None:
+            self._executor._refuse_forks()  # noqa: SLF001 - forkpool's own
+        self._in_signal_handler += 1
+        try:
+            previous(signum, frame)
+        finally:
+            self._in_signal_handler -= 1
 
     def _shutdown_has_begun(self) -> bool:
         return self._closing  # a method: the signal handler may set it at any bytecode

@@ -78,7 +78,9 @@ def _fail_with(error: BaseException) -> None:
     raise error
 
 
-def _report_then_return(value: object, result: object) -> object:
+def _report_then_return(value: object, result: object, gate: Path | None = None) -> object:
+    if gate is not None:
+        wait_for(gate.exists, 10, "the gate")
     forkpool.report_progress(value)
     return result
 
@@ -102,13 +104,17 @@ class TestCallbacks:
         wait_for(lambda: any(cls.__name__ in r.exc_text for r in _with_tb(caplog)), 5, "the log")
 
     @pytest.mark.parametrize("cls", BASE_EXCEPTIONS, ids=IDS)
-    def test_progress_callback_raising_is_contained(self, cls, caplog):
+    def test_progress_callback_raising_is_contained(self, cls, caplog, tmp_path):
         """A progress callback raising any BaseException is logged; the tasks carry on."""
         caplog.set_level(logging.ERROR, logger="forkpool")
+        gate = tmp_path / "gate"
         with ForkPerTaskExecutor(2) as ex:
             neighbour = ex.submit(_nap, 0.5, "neighbour")
-            future = ex.submit(_report_then_return, "half", "done")
+            # The task reports only once the callback is added: one added after the
+            # report is called at once, in this thread, where its exception is ours.
+            future = ex.submit(_report_then_return, "half", "done", gate)
             future.add_progress_callback(lambda _f, _v: _raise(cls))
+            gate.touch()
             assert future.result(timeout=10) == "done"
             assert neighbour.result(timeout=10) == "neighbour"
             _assert_executor_works(ex)

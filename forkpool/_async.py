@@ -51,8 +51,10 @@ async def wait_for_future(future: Future[T], *, cancel: bool = True) -> T:
     try:
         if _async_library() == "trio":
             await _wait_trio(future)
+        elif cancel:
+            await asyncio.wrap_future(future)
         else:
-            await asyncio.wrap_future(future if cancel else _stand_in(future))
+            await asyncio.wrap_future(_stand_in(future))
     except BaseException:
         if cancel:
             future.cancel()

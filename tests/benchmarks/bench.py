@@ -545,13 +545,15 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ],
         key=lambda kv: kv[1],
     )
-    figure, axis = plt.subplots(figsize=(9, 4.5))
+    figure, axis = plt.subplots(figsize=(11.5, 5))
     colors = ["#dd8452" if name.startswith("forkpool") else "#4c72b0" for name, _ in rates]
     bars = axis.barh([name for name, _ in rates], [rate for _, rate in rates], color=colors)
     axis.bar_label(bars, labels=[f"{rate:,.0f}" for _, rate in rates], padding=3)
     axis.set_xscale("log")  # reused workers run thousands per second, fresh processes tens
     axis.set_xlabel("tasks per second (median, log scale; higher is better)")
-    axis.set_title(f"A fresh process per task: 2 workers, trivial tasks ({results['date']})")
+    axis.set_title(
+        f"Trivial tasks, 2 workers ({results['date']}, {results['machine']})", fontsize=9
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 

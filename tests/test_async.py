@@ -102,6 +102,18 @@ class TestRunAsync:
                 coroutine.send(None)
 
 
+async def _cancel_aclose_while_a_child_runs(
+    ex: ForkPerTaskExecutor,
+) -> forkpool.ForkFuture[object]:
+    """Start a 30 s task, wait for its fork, then cancel an aclose() after 0.3 s."""
+    future = ex.submit(_nap, 30)
+    while future.pid is None:  # noqa: ASYNC110 - forked within milliseconds
+        await anyio.sleep(0.01)
+    with anyio.move_on_after(0.3):
+        await ex.aclose()
+    return future
+
+
 class TestAclose:
     @pytest.mark.parametrize("backend", BACKENDS)
     def test_aclose_waits_without_blocking_the_loop(self, backend):
@@ -133,13 +145,7 @@ class TestAclose:
         """aclose cancelled while it waits stops the children, as Ctrl-C would."""
 
         async def main() -> forkpool.ForkFuture[object]:
-            ex = ForkPerTaskExecutor(1, kill_grace=1)
-            future = ex.submit(_nap, 30)
-            while future.pid is None:  # noqa: ASYNC110 - forked within milliseconds
-                await anyio.sleep(0.01)
-            with anyio.move_on_after(0.3):
-                await ex.aclose()
-            return future
+            return await _cancel_aclose_while_a_child_runs(ForkPerTaskExecutor(1, kill_grace=1))
 
         future = anyio.run(main, backend=backend)
         assert isinstance(future.exception(timeout=10), forkpool.ChildDiedError)
@@ -151,11 +157,7 @@ class TestAclose:
 
         async def main() -> tuple[forkpool.ForkFuture[object], float]:
             ex = ForkPerTaskExecutor(1, kill_grace=1)
-            future = ex.submit(_nap, 30)
-            while future.pid is None:  # noqa: ASYNC110 - forked within milliseconds
-                await anyio.sleep(0.01)
-            with anyio.move_on_after(0.3):
-                await ex.aclose()
+            future = await _cancel_aclose_while_a_child_runs(ex)
             started = time.monotonic()
             await ex.aclose()
             return future, time.monotonic() - started

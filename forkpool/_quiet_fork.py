@@ -99,17 +99,18 @@ def fork(siblings: Container[int]) -> int:
         return os.fork()
     filters = _current_filters() if _current_filters is not None else warnings.filters
     filters = cast("list[Any]", filters)
-    # A slice assignment is one bytecode: no thread switch between the read and the insert.
-    filters[:0] = (_FILTER,)
+    filters[:0] = (_FILTER,)  # at the front: the first filter that matches decides
+    pid = -1
     try:
         pid = os.fork()
     except DeprecationWarning:
         pid = _new_child(siblings)  # raised in the parent (3.15+): the child exists
-    if pid:
-        try:
-            filters.remove(_FILTER)
-        except ValueError:
-            pass  # the list was replaced meanwhile (3.12/3.13): ours is not in use
+    finally:
+        if pid != 0:  # the parent, whether the fork worked or not; a child keeps its copy
+            try:
+                filters.remove(_FILTER)
+            except ValueError:
+                pass  # the list was replaced meanwhile (3.12/3.13): ours is not in use
     return pid
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -27,6 +28,35 @@ def _fail_after(seconds: float) -> None:
     time.sleep(seconds)
     message = "one call failed"
     raise LookupError(message)
+
+
+_initialized: str | None = None
+# joblib's variables for the native thread pools' sizes.
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _initialize(value: str) -> None:
+    global _initialized  # noqa: PLW0603 - the child's own, as joblib's test has it
+    _initialized = value
+
+
+def _initialized_as() -> str | None:
+    return _initialized
+
+
+def _mark_child(directory: Path, fn: object, args: object, kwargs: object) -> None:
+    del fn, args, kwargs
+    (directory / str(os.getpid())).touch()
+
+
+def _blas_threads() -> int:
+    """The BLAS pool's size that numpy's threadpoolctl reports in this process."""
+    import numpy as np  # noqa: PLC0415 - loads the BLAS library
+    import threadpoolctl  # noqa: PLC0415
+
+    del np
+    (blas,) = [info for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+    return int(blas["num_threads"])
 
 
 class TestJoblib:
@@ -69,6 +99,69 @@ class TestJoblib:
             pytest.raises(forkpool.TaskTimeoutError),
         ):
             joblib.Parallel(batch_size=1)(joblib.delayed(time.sleep)(30) for _ in range(2))
+
+    def test_initializer_given_to_parallel_runs_in_every_child(self):
+        """Parallel(backend="forkpool", initializer=..., initargs=...) runs it before each call."""
+        results = joblib.Parallel(
+            n_jobs=2, backend="forkpool", initializer=_initialize, initargs=("yes",)
+        )(joblib.delayed(_initialized_as)() for _ in range(4))
+        assert results == ["yes"] * 4
+        assert _initialized is None  # in the children only
+
+    def test_hooks_given_to_parallel_run(self, tmp_path):
+        """Any executor argument given to Parallel takes effect: here child_post_fork."""
+        results = joblib.Parallel(
+            n_jobs=2,
+            backend="forkpool",
+            batch_size=1,
+            child_post_fork=functools.partial(_mark_child, tmp_path),
+        )(joblib.delayed(_pid_of_call)(n) for n in range(3))
+        assert {path.name for path in tmp_path.iterdir()} == {str(pid) for _, pid in results}
+
+    def test_parallel_arguments_outlive_an_abort(self):
+        """After a failed call aborts a reused Parallel, its next call keeps every argument."""
+        with joblib.Parallel(
+            n_jobs=2, backend="forkpool", initializer=_initialize, initargs=("again",)
+        ) as parallel:
+            with pytest.raises(LookupError, match="one call failed"):
+                parallel(joblib.delayed(_fail_after)(0) for _ in range(2))
+            assert parallel(joblib.delayed(_initialized_as)() for _ in range(4)) == ["again"] * 4
+
+    def test_an_argument_the_executor_does_not_take_is_an_error(self):
+        """An unknown argument, to Parallel or to parallel_config, is a TypeError naming it."""
+        with pytest.raises(TypeError, match=r"'idle_worker_timeout'.*does not take"):
+            joblib.Parallel(n_jobs=2, backend="forkpool", idle_worker_timeout=10)(
+                joblib.delayed(_pid_of_call)(n) for n in range(2)
+            )
+        with (
+            pytest.raises(TypeError, match=r"'max_workerz'.*does not take"),
+            joblib.parallel_config(backend="forkpool", max_workerz=2),
+        ):
+            pass  # pragma: no cover - parallel_config makes the backend as it enters
+
+    @pytest.mark.parametrize(
+        ("config", "expected"),
+        [
+            ({}, max((os.cpu_count() or 1) // 2, 1)),  # joblib's default: cpu_count // n_jobs
+            ({"inner_max_num_threads": 1}, 1),
+            ({"inner_max_num_threads": 3}, 3),
+        ],
+        ids=["default", "one", "three"],
+    )
+    def test_children_limit_blas_threads(self, config, expected):
+        """Each child's BLAS pool is limited as joblib promises, and the parent's is not."""
+        threadpoolctl = pytest.importorskip("threadpoolctl")
+        pytest.importorskip("numpy")
+        if any(var in os.environ for var in _THREAD_VARIABLES):
+            pytest.skip("the environment sets a thread count, which joblib keeps")
+        parent_before = _blas_threads()
+        with joblib.parallel_config(backend="forkpool", n_jobs=2, **config):
+            results = joblib.Parallel(batch_size=1)(
+                joblib.delayed(_blas_threads)() for _ in range(4)
+            )
+        assert results == [expected] * 4
+        assert _blas_threads() == parent_before
+        del threadpoolctl
 
     def test_results_as_a_generator(self):
         """return_as="generator" yields results as their batches finish, in order."""

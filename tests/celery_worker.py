@@ -46,6 +46,7 @@ class CeleryWorker:
         node: str | None = None,
         queue: str | None = None,
         prefix: str | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         tag = uuid.uuid4().hex[:8]
         self.node = node or f"fptest-{tag}@%h"
@@ -85,6 +86,7 @@ class CeleryWorker:
             "--without-heartbeat",
             "-l",
             "info",
+            *extra_args,
         ]
         self.process: subprocess.Popen[bytes] | None = None
         self._clients: list[Celery] = []

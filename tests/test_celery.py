@@ -11,6 +11,8 @@ import os
 import queue
 import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 
@@ -19,7 +21,7 @@ import redis
 from celery import Celery
 from celery.exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
 from celery_worker import CeleryWorker
-from helpers import OwnServer, descendants, is_running, wait_for, wait_gone
+from helpers import OwnServer, descendants, dies_with_us, is_running, wait_for, wait_gone
 
 from forkpool.celery import ForkPool
 from forkpool.celery._settings import executor_kwargs, tracking_redis
@@ -179,6 +181,84 @@ class TestForkPool:
 
 def _node(worker: CeleryWorker) -> str:
     return worker.node.replace("%h", socket.gethostname())
+
+
+_EMBEDDED_WORKER = """
+import sys
+
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+
+broker, pool = sys.argv[1], sys.argv[2]
+other = Celery("other-default", broker=broker, backend=broker)
+app = Celery("worker-app", broker=broker, backend=broker)
+app.conf.update(forkpool_redis=False, broker_connection_retry_on_startup=True)
+
+
+@app.task(name="only_on_the_worker_app")
+def only_on_the_worker_app(n):
+    from celery import current_app
+
+    return [n * 2, current_app.main]
+
+
+with start_worker(app, pool=pool, concurrency=1, perform_ping_check=False, loglevel="WARNING"):
+    # start_worker made the worker's app the default; the pytest plugin's per-test
+    # app (setup_default_app), or any code of the process, may make another one so.
+    other.set_default()
+    print("RESULT", only_on_the_worker_app.delay(21).get(timeout=20), flush=True)
+"""
+
+
+class TestHostContract:
+    """What every pool Celery ships keeps, shown for ForkPool beside prefork."""
+
+    @pytest.mark.parametrize("pool", ["forkpool.celery:ForkPool", "prefork"])
+    def test_an_embedded_workers_tasks_run_in_its_own_app(self, server, tmp_path, pool):
+        """start_worker(app B) in a process whose default app is A: B's task runs, in B."""
+        script = tmp_path / "embedded_worker.py"
+        script.write_text(_EMBEDDED_WORKER)
+        completed = subprocess.run(
+            dies_with_us([sys.executable, str(script), server, pool]),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            start_new_session=True,
+        )
+        assert "RESULT [42, 'worker-app']" in completed.stdout, completed.stderr[-4000:]
+        assert completed.returncode == 0, completed.stderr[-4000:]
+
+    @pytest.mark.parametrize("pool", ["forkpool", "prefork"])
+    def test_revoked_and_expired_tasks_waiting_for_a_slot_never_run(self, server, tmp_path, pool):
+        """-c 1, prefetched behind busy tasks: one revoked by id, one past expires: REVOKED."""
+        worker = CeleryWorker(
+            tmp_path,
+            broker=server,
+            backend=server,
+            pool=pool,
+            concurrency=1,
+            extra_args=("--prefetch-multiplier", "8"),
+        )
+        with worker:
+            client = worker.client()
+            busy = [client.send_task("celery_app.sleeper", args=(_name(), 1.0)) for _ in range(3)]
+            expiring = client.send_task("celery_app.sleeper", args=(_name(), 0.1), expires=1)
+            revoked = client.send_task("celery_app.sleeper", args=(_name(), 0.1))
+            # Both are received (prefetched) at once: they wait in the worker for a slot.
+            wait_for(lambda: _reserved(client, revoked.id), 20, "the worker to reserve the task")
+            client.control.revoke(revoked.id)
+            assert [result.get(timeout=30) for result in busy] == ["slept 1.0"] * 3
+            for result in (expiring, revoked):
+                with pytest.raises(TaskRevokedError):
+                    result.get(timeout=30)
+                assert result.state == "REVOKED"
+
+
+def _reserved(client: Celery, task_id: str) -> bool:
+    """The task is among those the worker holds but has not started."""
+    replies = client.control.inspect(timeout=1).reserved() or {}
+    return any(request["id"] == task_id for requests in replies.values() for request in requests)
 
 
 class TestInProcess:

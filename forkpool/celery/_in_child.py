@@ -5,6 +5,10 @@ and then runs many tasks. Each of ours is a fork of a process that is already se
 up -- the worker's main process, or a pool process for :class:`ForkedTask` -- so
 it needs only what a fork breaks, and what users hook into:
 
+- the worker's app made current and the process's default, as prefork's
+  initializer does: Celery's tracer looks the task up in ``current_app``, and the
+  worker's app need not be the default of the process that forks (an embedded
+  worker, the pytest plugin's, any process with a second app);
 - the soft time limit's handler: SIGUSR1 raises ``SoftTimeLimitExceeded`` in the
   task, as billiard's children do (so ``revoke(terminate=True, signal="SIGUSR1")``
   means what it means under prefork);
@@ -32,6 +36,8 @@ if TYPE_CHECKING:
     import types
     from collections.abc import Callable
 
+    from celery import Celery
+
 T = TypeVar("T")
 
 SOFT_TIME_LIMIT_SIGNAL = signal.SIGUSR1
@@ -46,12 +52,19 @@ def _raise_soft_time_limit(signum: int, frame: types.FrameType | None) -> NoRetu
     raise SoftTimeLimitExceeded
 
 
-def enter(node_name: str | None) -> None:
-    """In a fresh child, before its task: see the module docstring."""
+def enter(node_name: str | None, app: Celery | None = None) -> None:
+    """In a fresh child, before its task: see the module docstring.
+
+    ``app`` is the worker's, for a pool's child; a ``ForkedTask``'s child runs the
+    task object it was given, which holds its app.
+    """
     global in_task_child  # noqa: PLW0603 - a fact about this process
     # First: from here on the parent may send the soft limit.
     signal.signal(SOFT_TIME_LIMIT_SIGNAL, _raise_soft_time_limit)
     in_task_child = True
+    if app is not None:
+        app.set_current()
+        app.set_default()
     # What Celery and kombu registered to run in a fork (they rely on
     # multiprocessing's children running it; os.fork() does not).
     multiprocessing.util._run_after_forkers()  # type: ignore[attr-defined]  # noqa: SLF001

@@ -16,6 +16,13 @@ Threads::
     worker_shutting_down (in Celery's signal handler): cancel what is not forked
       yet (in the callback thread), wake the worker's event loop through a pipe
 
+    a task's child reaped --> its slot freed: wake the event loop, which releases
+      Celery's semaphore there (the next waiting request comes to on_apply)
+
+As under prefork, the worker hands a request over only when a slot is free (the
+pool ``uses_semaphore``), so Celery checks revocation and expiry at that moment:
+a task revoked, or past its ``expires``, while it waited for a slot never runs.
+
 Celery's callbacks store results, send events and acknowledge messages; they may
 wait on the result backend or the broker. They run in one thread of the pool's, in
 the order the events happened (a task's acceptance always before its outcome),
@@ -24,6 +31,7 @@ never in the supervisor, which must go on forking and reaping meanwhile.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
@@ -134,6 +142,9 @@ class ForkPool(BasePool):
     """
 
     signal_safe = False  # shutting down waits for threads: not in a signal handler
+    # The worker acquires a slot of its semaphore (with an event loop: Redis, AMQP...)
+    # before it hands a request over; the pool releases it when the child is reaped.
+    uses_semaphore = True
     body_can_be_buffer = True
     task_join_will_block = True
 
@@ -154,7 +165,14 @@ class ForkPool(BasePool):
         self._in_signal_handler = 0
         self._tracking: dict[str, Any] = {}
         # A pipe the worker's event loop reads, to wake it (see _shutdown_begins).
+        # Reentrant: a shutdown signal's handler wakes the loop, and may interrupt the
+        # main thread while it closes the pipe.
         self._hub_wakeup: tuple[int, int] | None = None
+        self._hub_wakeup_lock = threading.RLock()
+        # The worker's LaxBoundedSemaphore, which only its event loop's thread may
+        # touch: slots freed elsewhere wait here until the loop wakes.
+        self._semaphore: Any = self.options.get("semaphore")
+        self._slots_freed: collections.deque[None] = collections.deque()
 
     # --- Celery's pool interface ------------------------------------------------------
 
@@ -184,7 +202,7 @@ class ForkPool(BasePool):
         """Give the worker's event loop a descriptor that a shutdown signal can wake."""
         read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._hub_wakeup = (read_end, write_end)
-        loop.add_reader(read_end, _drain, read_end)
+        loop.add_reader(read_end, self._on_hub_wakeup, read_end)
         on_close: Any = loop.on_close  # a set in kombu (celery-types says a list)
         on_close.add(self._close_hub_wakeup)
 
@@ -306,7 +324,7 @@ class ForkPool(BasePool):
 
     def _enter_child(self, fn: object, args: object, kwargs: object) -> None:
         del fn, args, kwargs
-        _in_child.enter(self.node_name)
+        _in_child.enter(self.node_name, self.app)
 
     def _forked(self, fn: Callable[..., Any], args: object, kwargs: object, pid: int) -> None:
         """In the supervisor thread, just after the fork: the task is accepted."""
@@ -325,6 +343,31 @@ class ForkPool(BasePool):
         if job.pid is not None and self._by_pid.get(job.pid) is job:
             del self._by_pid[job.pid]
         self._callbacks.call(self._ended, job)
+        self._free_slot()
+
+    def _free_slot(self) -> None:
+        """A task's slot is free: the worker may hand over its next request.
+
+        Only a worker with an event loop has a semaphore (one without hands every
+        request over at once); once the loop has closed, no request is handed over.
+        """
+        if self._semaphore is not None:
+            self._slots_freed.append(None)
+            self._wake_hub()
+
+    def _on_hub_wakeup(self, fd: int) -> None:
+        """In the worker's event loop: the pipe was written to."""
+        _drain(fd)
+        self._release_freed_slots()
+
+    def _release_freed_slots(self) -> None:
+        while True:
+            try:
+                self._slots_freed.popleft()
+            except IndexError:
+                return
+            # May call the worker's next waiting request in: on_apply, right here.
+            self._semaphore.release()
 
     def _ended(self, job: _Job) -> None:
         """In the callback thread: tell Celery how the task ended."""
@@ -417,16 +460,19 @@ class ForkPool(BasePool):
         self._wake_hub()
 
     def _wake_hub(self) -> None:
-        if self._hub_wakeup is not None:
-            with contextlib.suppress(OSError):  # full (already woken) or closed
-                os.write(self._hub_wakeup[1], b"\0")
+        # Under the lock: a descriptor closed meanwhile may be some other file's by now.
+        with self._hub_wakeup_lock:
+            if self._hub_wakeup is not None:
+                with contextlib.suppress(BlockingIOError):  # full: already woken
+                    os.write(self._hub_wakeup[1], b"\0")
 
     def _close_hub_wakeup(self, hub: Hub) -> None:
         """When the loop closes (it has unregistered every reader by then)."""
         del hub
-        wakeup, self._hub_wakeup = self._hub_wakeup, None
-        for fd in wakeup or ():
-            os.close(fd)
+        with self._hub_wakeup_lock:
+            wakeup, self._hub_wakeup = self._hub_wakeup, None
+            for fd in wakeup or ():
+                os.close(fd)
 
     def _kill_leftovers(self) -> None:
         """``kill_all`` for this worker: what its children left behind, if tracked."""

@@ -140,11 +140,29 @@ def _group(name: str) -> tuple[str, ...]:
     return nox.project.dependency_groups(PYPROJECT, name)
 
 
+# The task tests run a second time with every child forked from a mold (``--mold``):
+# on the newest Python and on 3.12, the first to warn about forking threaded
+# processes (tests/test_mold.py itself runs on every Python).
+MOLD_TESTS = [
+    "tests/test_executor.py",
+    "tests/test_outcomes.py",
+    "tests/test_lifecycle.py",
+    "tests/test_progress_and_usage.py",
+    "tests/test_containment.py",
+    "tests/test_options.py",
+    "tests/test_faults.py",
+    "tests/test_redis.py",
+]
+MOLD_PYTHONS = {NEWEST, "3.12"}
+
+
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """Run the test suite. No tests collected (pytest exit code 5) is a failure."""
     session.install("-e", ".", *_group("test"))
     session.run("pytest", *(session.posargs or _selection(session.python)))
+    if not session.posargs and session.python in MOLD_PYTHONS:
+        session.run("pytest", "--mold", "-m", "not hosts and not slow", *MOLD_TESTS)
 
 
 @nox.session(python=NEWEST)

@@ -6,12 +6,15 @@ from forkpool._async import run_async
 from forkpool._errors import (
     ChildDiedError,
     ForkPoolError,
+    MoldError,
     RemoteTaskError,
     ResultNotPicklableError,
+    TaskNotPicklableError,
     TaskTimeoutError,
 )
 from forkpool._executor import ForkPerTaskExecutor
 from forkpool._future import ForkFuture
+from forkpool._mold import Mold
 from forkpool._options import options
 from forkpool._per_process import PerProcessExecutor
 from forkpool._progress import report_progress
@@ -26,10 +29,13 @@ __all__ = [
     "ForkFuture",
     "ForkPerTaskExecutor",
     "ForkPoolError",
+    "Mold",
+    "MoldError",
     "PerProcessExecutor",
     "RemoteTaskError",
     "ResourceUsage",
     "ResultNotPicklableError",
+    "TaskNotPicklableError",
     "TaskTimeoutError",
     "__version__",
     "kill_all",

@@ -12,7 +12,6 @@ deadline counts, however late the supervisor was; one finished after it does not
 from __future__ import annotations
 
 import enum
-import os
 import signal
 from typing import TYPE_CHECKING, Any
 
@@ -82,8 +81,14 @@ class Child:
         return f"<forkpool child pid={self.pid} {state}>"
 
 
-def settle(child: Child, exitcode: int | None, signum: int | None) -> None:
-    """Resolve the future of a reaped child: its outcome, or why it has none."""
+def settle(
+    child: Child, exitcode: int | None, signum: int | None, *, unknown_because: str = ""
+) -> None:
+    """Resolve the future of a reaped child: its outcome, or why it has none.
+
+    ``unknown_because``: why the exit status is unknown, if it is and the cause is
+    not the usual one (something else in this process reaped the child).
+    """
     future, reason, outcome = child.future, child.stop_reason, child.outcome
     if reason is StopReason.CANCELLED:
         return
@@ -104,7 +109,7 @@ def settle(child: Child, exitcode: int | None, signum: int | None) -> None:
     elif child.reader.mid_frame or child.buffers:
         detail = "its result was cut short"
     elif exitcode is None and signum is None:
-        detail = "something else in this process reaped it (is SIGCHLD ignored?)"
+        detail = unknown_because or "something else in this process reaped it (is SIGCHLD ignored?)"
     error = ChildDiedError(
         child.pid, exitcode, signum, detail, future.rusage, stopped_by=stopped_by
     )
@@ -155,25 +160,3 @@ def _resolve_outcome(
     except BaseException as exc:  # noqa: BLE001 - a bad payload fails only its own task
         error = exc
     future._resolve(result, error)  # noqa: SLF001
-
-
-def running(pid: int) -> bool:
-    """Our child has not exited yet (False once it is a zombie or already reaped)."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
-    except ChildProcessError:
-        return False  # reaped behind our back (SIGCHLD ignored): it has certainly exited
-
-
-def unreaped(pid: int) -> bool:
-    """Our child still holds its pid (running, or a zombie we have not reaped).
-
-    Only then is its process group id known to be the group we created: if
-    something else reaped it (SIGCHLD ignored, a stray wait()), the id may already
-    belong to a stranger.
-    """
-    try:
-        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return False
-    return True

@@ -128,6 +128,18 @@ class ResultNotPicklableError(ForkPoolError):
     """The task's return value could not be sent back to the parent."""
 
 
+class TaskNotPicklableError(ForkPoolError):
+    """A task for a mold could not be pickled.
+
+    What did not pickle may be its callable, its arguments, or the executor's
+    ``initializer``, ``initargs`` or ``child_post_fork``.
+    """
+
+
+class MoldError(ForkPoolError):
+    """A mold could not be started, is closed, or died; the message names it."""
+
+
 class RemoteTaskError(ForkPoolError):
     """Stands in for a task exception that could not be sent back as itself.
 

@@ -48,7 +48,7 @@ import uuid
 import warnings
 import weakref
 from concurrent.futures import Executor, Future, InvalidStateError
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import attrs
 
@@ -56,9 +56,10 @@ from forkpool import _exit
 from forkpool._async import wait_for_future
 from forkpool._child import StopReason
 from forkpool._entry import Keys
-from forkpool._errors import ForkPoolError, platform_error
+from forkpool._errors import ForkPoolError, TaskNotPicklableError, platform_error
 from forkpool._future import ForkFuture
 from forkpool._map import map_in_children
+from forkpool._mold import Mold
 from forkpool._options import (
     ResolvedOptions,
     check_close_fds,
@@ -181,11 +182,18 @@ class ForkPerTaskExecutor(Executor):
         memory_limit: int | None = None,
         close_fds: bool = False,
         pass_fds: Iterable[int] = (),
+        mold: Mold | None = None,
     ) -> None:
         if (unsupported := platform_error()) is not None:
             raise unsupported
         self._max_workers = _check_max_workers(max_workers)
-        _check_mp_context(mp_context)
+        preload = _check_mp_context(mp_context)
+        if not isinstance(cast("object", mold), Mold | None):
+            msg = f"mold must be a forkpool.Mold or None, got {mold!r}"
+            raise TypeError(msg)
+        if mold is not None and preload is not None:
+            msg = "give either mold or a forkserver/spawn mp_context, not both"
+            raise ValueError(msg)
         if isinstance(max_tasks_per_child, bool) or max_tasks_per_child not in (None, 1):
             msg = (
                 "max_tasks_per_child must be None or 1 (every task gets a fresh child), "
@@ -216,9 +224,13 @@ class ForkPerTaskExecutor(Executor):
             initargs=initargs,
             hooks=Hooks(parent_pre_fork, parent_post_fork, child_post_fork),
         )
+        owned_mold = None if preload is None else Mold(preload=preload)
+        self._mold = owned_mold or mold
         self._runtime = _Runtime(
             config=self._config,
             owner_pid=os.getpid(),
+            mold=self._mold,
+            owned_mold=owned_mold,
             **_start_tracking(
                 redis,
                 key_prefix=key_prefix,
@@ -263,13 +275,21 @@ class ForkPerTaskExecutor(Executor):
         options = resolve(fn, self._defaults)
         if options.ttl != self._defaults.ttl:
             _check_ttl(options.ttl, self._reap_interval)
+        pickled = None
+        if self._mold is not None:
+            try:
+                pickled = _pickle_for_mold(fn, args, kwargs, self._config)
+            except TaskNotPicklableError as exc:
+                failed: ForkFuture[T] = ForkFuture()
+                failed.set_exception(exc)
+                return failed
         with self._runtime.lock:
             supervisor = self._runtime.usable_supervisor()
             future: ForkFuture[T] = ForkFuture()
             future._on_cancel = supervisor.cancel  # noqa: SLF001 - our own future
             future._on_wait_ended = supervisor.wait_ended  # noqa: SLF001
             future._on_signal = supervisor.send_signal  # noqa: SLF001
-            supervisor.submit(WorkItem(future, fn, args, kwargs, options))
+            supervisor.submit(WorkItem(future, fn, args, kwargs, options, pickled))
         return future
 
     def map(
@@ -426,6 +446,10 @@ class _Runtime:
 
     config: SupervisorConfig
     owner_pid: int
+    # Where children come from: a mold's forks, or (None) this process's own.
+    mold: Mold | None = None
+    # The mold the executor made itself (for a forkserver mp_context), closed with it.
+    owned_mold: Mold | None = None
     tracking: TrackingContext | None = None
     bookkeeper: Bookkeeper | None = None
     supervisor: Supervisor | None = None
@@ -462,6 +486,7 @@ class _Runtime:
                 tracking=self.tracking,
                 bookkeeper=self.bookkeeper,
                 on_finished=self._supervisor_finished,
+                spawner=None if self.mold is None else self.mold.spawner(),
             )
             if self.refusing_forks:
                 supervisor.refuse_forks()
@@ -515,6 +540,8 @@ class _Runtime:
 
     def _finish(self) -> None:
         """Shut down and idle: exit need not wait, and aclose() may return."""
+        if self.owned_mold is not None:
+            self.owned_mold.close()
         _exit.forget(self)
         with contextlib.suppress(InvalidStateError):  # another thread got here first
             self.finished.set_result(None)
@@ -644,21 +671,59 @@ def _check_max_workers(max_workers: object) -> int:
     return max_workers
 
 
-def _check_mp_context(mp_context: object) -> None:
+def _check_mp_context(mp_context: object) -> tuple[str, ...] | None:
+    """None for a fork context (or none); a forkserver's or spawn's preload for a mold."""
     if mp_context is None:
-        return
+        return None
     get_start_method = getattr(mp_context, "get_start_method", None)
     if not callable(get_start_method):
         msg = (
-            "mp_context must be None or a multiprocessing context that forks "
+            "mp_context must be None or a multiprocessing context "
             f"(multiprocessing.get_context('fork')); got {mp_context!r}, which is not "
-            "a context: every task is forked from this process anyway"
+            "a context"
         )
         raise TypeError(msg)
     method = get_start_method(allow_none=False)
-    if method != "fork":
+    if method == "fork":
+        return None
+    if method in {"forkserver", "spawn"}:
+        # The executor gets a mold of its own: a fresh interpreter that preloads
+        # what multiprocessing's forkserver would (its preload list is private).
+        import multiprocessing.forkserver  # noqa: PLC0415
+
+        server = multiprocessing.forkserver._forkserver  # noqa: SLF001
+        preload = getattr(server, "_preload_modules", None) or ["__main__"]
+        return ("__main__",) if method == "spawn" else tuple(preload)
+    msg = f"mp_context's start method must be fork, forkserver or spawn; got {method!r}"
+    raise ValueError(msg)
+
+
+def _pickle_for_mold(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    config: SupervisorConfig,
+) -> bytes:
+    """The task as it travels to a mold: what the child unpickles and runs."""
+    import cloudpickle  # noqa: PLC0415 - a runtime dependency, only needed here
+
+    payload = (
+        fn,
+        args,
+        kwargs,
+        config.hooks.child_post_fork,
+        config.initializer,
+        config.initargs,
+    )
+    try:
+        pickled: bytes = cloudpickle.dumps(payload, protocol=5)
+    except Exception as exc:
+        name = getattr(fn, "__qualname__", None) or repr(fn)
         msg = (
-            "mp_context must be None or a 'fork' context: every task is forked from "
-            f"this process; got a context whose start method is {method!r}"
+            f"the task {name}() cannot be sent to its mold: its callable, its arguments, "
+            f"or the executor's initializer, initargs or child_post_fork do not pickle "
+            f"({type(exc).__name__}: {exc}). A mold's children inherit nothing of this "
+            "process; without mold=, children are forked from it and inherit everything"
         )
-        raise ValueError(msg)
+        raise TaskNotPicklableError(msg) from exc
+    return pickled

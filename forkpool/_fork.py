@@ -104,6 +104,10 @@ class ChildTask:
     memory_limit: int | None = None
     # With close_fds: the descriptors to keep besides stdio and the result pipe.
     keep_fds: tuple[int, ...] | None = None
+    # For a mold's child: (fn, args, kwargs, child_post_fork, initializer,
+    # initargs), cloudpickled at submit, and the descriptors the task keeps.
+    pickled: bytes | None = None
+    pass_fds: tuple[int, ...] = ()
 
 
 @attrs.define
@@ -136,12 +140,15 @@ class Forker:
         write_fd: int,
         close_in_child: Iterable[int],
         siblings: Container[int] = (),
+        *,
+        pipe_owner: int | None = None,
     ) -> int:
         """Fork a child that runs ``task`` and reports on ``write_fd``; return its pid.
 
-        ``read_fd`` is the parent's end of the same pipe, through which the child
-        can re-open the pipe if the task loses its own end. ``siblings``: the pids
-        of the children already running (see ``_quiet_fork``).
+        ``read_fd`` is the other end of the same pipe, held by ``pipe_owner`` (this
+        process by default; a mold forks for an executor's process), through which
+        the child can re-open the pipe if the task loses its own end. ``siblings``:
+        the pids of the children already running (see ``_quiet_fork``).
 
         Everything the child needs is built here, before fork: what the parent
         allocates lands on pages it is writing anyway, while each page a child
@@ -157,7 +164,9 @@ class Forker:
             raise RuntimeError(msg)
         spares = self._spare_stdio()
         _flush_before_fork(spares)
-        channel = make_channel(write_fd, self._parent_pid, read_fd)
+        channel = make_channel(
+            write_fd, self._parent_pid if pipe_owner is None else pipe_owner, read_fd
+        )
         name = None
         if task.task_id is not None:
             name = _linux.comm_name(_procfs.comm_marker(task.task_id))
@@ -168,7 +177,7 @@ class Forker:
             try:
                 setup = _ChildSetup(
                     parent_pid=self._parent_pid,
-                    signals_to_reset=_signals_to_reset(),
+                    signals_to_reset=signals_to_reset(),
                     signal_mask=self._thread_mask,
                     stream_swaps=spares.swaps(locks.handlers),
                     busy_handlers=locks.busy,
@@ -372,10 +381,10 @@ def _settle_in(task: ChildTask, setup: _ChildSetup) -> None:
     if setup.busy_handlers:
         _give_fresh_streams(setup.busy_handlers)
     if task.keep_fds is not None:
-        _neutralize_inherited_fds({0, 1, 2, setup.channel.fd, *task.keep_fds})
+        neutralize_inherited_fds({0, 1, 2, setup.channel.fd, *task.keep_fds})
 
 
-def _neutralize_inherited_fds(keep: set[int]) -> None:
+def neutralize_inherited_fds(keep: set[int]) -> None:
     """Point every inherited descriptor not in ``keep`` at /dev/null (close_fds).
 
     Not closed: inherited Python objects (a socket, a file) may still hold the
@@ -475,7 +484,7 @@ def _become_independent(setup: _ChildSetup) -> None:
         os._exit(EXIT_ORPHANED)
 
 
-def _signals_to_reset() -> frozenset[int]:
+def signals_to_reset() -> frozenset[int]:
     """Signals whose disposition the child must set back to the default.
 
     Those with a Python-level handler, and SIGINT, SIGTERM and SIGCHLD if ignored.

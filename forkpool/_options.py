@@ -248,7 +248,10 @@ class TaskWithOptions(Generic[P, R]):
     def __init__(self, wrapped: Callable[P, R], options: TaskOptions) -> None:
         self.wrapped = wrapped
         self.options = options
-        functools.update_wrapper(self, wrapped)
+        # A class's __dict__ holds its methods (__reduce_ex__ among them): copied
+        # into this wrapper's, they would shadow its own.
+        updated = () if isinstance(wrapped, type) else functools.WRAPPER_UPDATES
+        functools.update_wrapper(self, wrapped, updated=updated)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.wrapped(*args, **kwargs)

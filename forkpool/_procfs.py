@@ -21,6 +21,8 @@ from forkpool._linux import COMM_MAX
 # variable it sets so that programs it execs carry the marker too.
 COMM_PREFIX: Final = "fp-"
 TASK_ID_ENV: Final = "FORKPOOL_TASK_ID"
+# What a mold calls itself: the reaper's sign that a task's parent is one.
+MOLD_COMM: Final = "fp-mold"
 
 
 def comm_marker(task_id: str) -> str:

@@ -10,7 +10,8 @@ Everything is decided from the local kernel, never from Redis alone:
   parent means the owner is slow or cut off from Redis, and is only logged.
 * A child the kernel says is still supervised is never signalled either, whatever
   its entry says (see :func:`supervisor_of`): an entry edited to name a dead parent
-  must not get a live task killed.
+  must not get a live task killed. A task forked by a mold counts as supervised
+  while that mold lives.
 * When the recorded parent is dead, the members of the child's process group that
   prove to be the task's (see :func:`_open_verified`) are stopped -- SIGTERM, then
   SIGKILL after the grace -- and the entry is deleted.
@@ -161,7 +162,19 @@ def supervisor_of(entry: TaskEntry, facts: LocalFacts) -> int | None:
         return parent
     if _procfs.owner_uid(parent) != facts.uid:
         return None  # not an executor of ours: an adoptive init or subreaper
+    if _is_live_mold(parent):
+        return parent  # it reaps only when its executor asks, and dies with it
     return None if _procfs.holds_pidfd_of(parent, entry.pid) is False else parent
+
+
+def _is_live_mold(pid: int) -> bool:
+    """A mold forked the child: the executor that made the mold supervises it.
+
+    A mold lives exactly as long as the process that made it (its socket's end of
+    file ends it), and forks only for that process's executors.
+    """
+    stat = _procfs.read_stat(pid)
+    return stat is not None and stat.state not in _GONE and stat.comm == _procfs.MOLD_COMM
 
 
 @attrs.frozen

@@ -50,9 +50,10 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from forkpool import _fork, _linux, _wire
-from forkpool._child import Child, StopReason, running, settle, unreaped
+from forkpool._child import Child, StopReason, settle
 from forkpool._errors import ForkPoolError
 from forkpool._options import task_name
+from forkpool._spawn import ForkHere
 from forkpool._tracking import Forked
 from forkpool._tree import ProcessTree
 
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from forkpool._bookkeeping import Bookkeeper
     from forkpool._future import ForkFuture
     from forkpool._options import ResolvedOptions
+    from forkpool._spawn import Spawner
     from forkpool._tracking import TrackingContext
 
 
@@ -104,6 +106,8 @@ class WorkItem:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     options: ResolvedOptions
+    # For a mold: the task as it travels there (see ChildTask.pickled).
+    pickled: bytes | None = None
 
 
 @attrs.frozen
@@ -143,12 +147,14 @@ class Supervisor:
         tracking: TrackingContext | None = None,
         bookkeeper: Bookkeeper | None = None,
         on_finished: Callable[[], None] | None = None,
+        spawner: Spawner | None = None,
     ) -> None:
         self._config = config
         self._on_finished = on_finished
         self._tracking = tracking
         self._bookkeeper = bookkeeper
-        self._forker = _fork.Forker()
+        # How a child comes to exist: a fork of this process, or a mold's.
+        self._spawner: Spawner = ForkHere() if spawner is None else spawner
         # Slots: submit() (any thread) gives a task one if it is free, and a reaped
         # child hands its own on. Tasks with a slot wait in _ready for this thread to
         # fork them; the others wait in _waiting. The lock guards all three.
@@ -281,7 +287,7 @@ class Supervisor:
 
     def _run(self) -> None:
         try:
-            self._forker.adopt_thread()
+            self._spawner.adopt_thread()
             while self._step():
                 pass
         except BaseException as exc:
@@ -292,6 +298,7 @@ class Supervisor:
             self._close()
             if self._bookkeeper is not None:
                 self._bookkeeper.close(timeout=0)
+            self._spawner.close()
             if self._on_finished is not None:
                 self._on_finished()
 
@@ -338,7 +345,7 @@ class Supervisor:
             return
         target = self._child_of(command.future)
         if isinstance(command, _Signal):
-            if target is not None and not target.exited and unreaped(target.pid):
+            if target is not None and not target.exited and self._spawner.unreaped(target.pid):
                 self._send_to_leader(target, command.signum)
         elif isinstance(command, _Cancel):
             if target is not None:
@@ -409,9 +416,11 @@ class Supervisor:
             task_id=task_id,
             memory_limit=item.options.memory_limit,
             keep_fds=item.options.pass_fds if item.options.close_fds else None,
+            pickled=item.pickled,
+            pass_fds=item.options.pass_fds,
         )
         try:
-            pid = self._forker.fork(
+            pid = self._spawner.spawn(
                 task, read_fd, write_fd, self._parent_fds(read_fd), self._children
             )
         except (OSError, RuntimeError) as exc:
@@ -427,6 +436,7 @@ class Supervisor:
         child = self._track(pid, item, read_fd, write_fd, task_id)
         # The supervisor holds the callable and its arguments no longer than needed.
         item.fn = item.args = item.kwargs = None  # type: ignore[assignment]
+        item.pickled = None
         try:
             if hooks.parent_post_fork is not None:
                 hooks.parent_post_fork(fn, args, kwargs, pid)
@@ -436,11 +446,6 @@ class Supervisor:
     def _track(
         self, pid: int, item: WorkItem, read_fd: int, write_fd: int, task_id: str | None
     ) -> Child:
-        # Both sides call setpgid so the group exists before either relies on it.
-        try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass  # the child already exec'd or died; it set its own group first
         os.set_blocking(read_fd, False)
         pidfd = None
         if _linux.HAS_PIDFD:
@@ -601,7 +606,7 @@ class Supervisor:
         # Whatever is left in the group outlived its task. The zombie leader still
         # pins the group id, so this reaches only the task's own descendants.
         pid = child.pid
-        if unreaped(pid):
+        if self._spawner.unreaped(pid):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
@@ -613,13 +618,9 @@ class Supervisor:
         if child.task_id is not None and self._bookkeeper is not None:
             self._bookkeeper.remove(child.task_id)  # before the reap; see Bookkeeper.remove
         future = child.future
-        try:
-            _, status, raw_usage = os.wait4(pid, 0)
-        except ChildProcessError:
-            # Reaped behind our back: SIGCHLD set to SIG_IGN, or a wait() elsewhere
-            # in the program. The outcome frame, if any, is still good.
-            status, raw_usage = -1, None
-        future._set_usage(raw_usage, time.monotonic() - child.started)  # noqa: SLF001
+        reaped = self._spawner.reap(pid)
+        status = reaped.status
+        future._set_usage(reaped.rusage, time.monotonic() - child.started)  # noqa: SLF001
         if child.pidfd is not None:
             self._poller.unregister(child.pidfd)
             del self._watched[child.pidfd]
@@ -635,7 +636,7 @@ class Supervisor:
             logger.debug(
                 "child %d ended (exit code %s, signal %s): %s", pid, exitcode, signum, future.rusage
             )
-        settle(child, exitcode, signum)
+        settle(child, exitcode, signum, unknown_because=reaped.unknown_because)
 
     def _stop(
         self,
@@ -668,7 +669,7 @@ class Supervisor:
         Everything is stopped first and continued after a catchable signal, so the
         walk for descendants misses nothing forked meanwhile.
         """
-        if not unreaped(child.pid):
+        if not self._spawner.unreaped(child.pid):
             return  # something else reaped it: its pid and group id may be a stranger's
         # The leader is signalled directly too, in case the task left its group.
         self._send(child, signal.SIGSTOP)
@@ -723,7 +724,7 @@ class Supervisor:
             else:
                 del self._timed[child.pid]  # still sending: _take stops it after
             return
-        if child.finished_at is None and not running(child.pid):
+        if child.finished_at is None and not self._spawner.running(child.pid):
             self._reap(child)  # it ended by itself, sending nothing: say how
             return
         self._stop(child, StopReason.TIMEOUT, signal.SIGTERM)
@@ -743,7 +744,7 @@ class Supervisor:
 
     def _peek_exits_without_pidfd(self) -> None:
         for child in list(self._unpolled.values()):
-            if not child.exited and not running(child.pid):
+            if not child.exited and not self._spawner.running(child.pid):
                 self._reap(child)
 
     # --- the end -----------------------------------------------------------------------
@@ -754,8 +755,8 @@ class Supervisor:
         for child in list(self._children.values()):
             with contextlib.suppress(OSError):
                 os.killpg(child.pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(child.pid, 0)
+            with contextlib.suppress(OSError):
+                self._spawner.reap(child.pid)
             child.future._resolve(exception=error)  # noqa: SLF001
         self._children.clear()
         self._timed.clear()

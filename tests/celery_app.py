@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ app.conf.update(
     forkpool_reap_interval=0.5,
     forkpool_ttl=5,
     forkpool_kill_grace=2.0,
+    forkpool_fork_from=os.environ.get("FORKPOOL_TEST_FORK_FROM") or "mold",
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
     result_expires=600,
@@ -48,6 +50,24 @@ def report(name: str, **facts: object) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(facts))
     tmp.rename(path)
+
+
+@signals.worker_init.connect
+def _start_an_application_thread(**_: object) -> None:
+    """With FORKPOOL_TEST_APP_THREAD: a thread of the worker that keeps reading
+    ``app.backend.client``, as an application's health check or metrics might.
+
+    kombu's cached_property takes a lock on every access: a fork of the worker made
+    while this thread holds it inherits it held.
+    """
+    if not os.environ.get("FORKPOOL_TEST_APP_THREAD"):
+        return
+
+    def keep_reading() -> None:
+        while True:
+            _ = app.backend.client
+
+    threading.Thread(target=keep_reading, name="app-backend-reader", daemon=True).start()
 
 
 @signals.worker_process_init.connect

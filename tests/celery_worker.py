@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from helpers import dies_with_us, wait_for
+from helpers import children, descendants, dies_with_us, wait_for
 
 from forkpool._demo import tree_rss
 
@@ -29,6 +29,13 @@ POOLS = {
     "prefork-mtpc1": ["-P", "prefork", "--max-tasks-per-child", "1"],
     "threads": ["-P", "threads"],
 }
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 class CeleryWorker:
@@ -47,6 +54,8 @@ class CeleryWorker:
         queue: str | None = None,
         prefix: str | None = None,
         extra_args: tuple[str, ...] = (),
+        fork_from: str = "mold",
+        env: dict[str, str] | None = None,
     ) -> None:
         tag = uuid.uuid4().hex[:8]
         self.node = node or f"fptest-{tag}@%h"
@@ -66,6 +75,8 @@ class CeleryWorker:
             "FORKPOOL_TEST_PREFIX": self.prefix,
             "FORKPOOL_TEST_REPORTS": str(self.reports),
             "CELERY_CUSTOM_WORKER_POOL": "forkpool.celery:ForkPool",
+            "FORKPOOL_TEST_FORK_FROM": fork_from,
+            **(env or {}),
         }
         self._args = [
             sys.executable,
@@ -174,6 +185,16 @@ class CeleryWorker:
 
     def has_report(self, name: str) -> bool:
         return (self.reports / f"{name}.json").exists()
+
+    @property
+    def forking_pid(self) -> int:
+        """The process tasks are forked from: the pool's mold, else the worker itself."""
+        molds = [pid for pid in children(self.pid) if _comm(pid) == "fp-mold"]
+        return molds[0] if molds else self.pid
+
+    def task_processes(self) -> list[int]:
+        """The processes below the worker that are not its mold: tasks and theirs."""
+        return [pid for pid in descendants(self.pid) if pid != self.forking_pid]
 
     def tree_rss_mib(self) -> float:
         """Resident memory of the worker and every process under it, in MiB."""

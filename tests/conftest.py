@@ -1,16 +1,35 @@
-"""Shared fixtures: every test must leave no process behind."""
+"""Shared fixtures: every test must leave no process behind.
+
+``--mold`` runs the suite's task tests with every executor's children forked from a
+mold (``forkpool.Mold.fork()``, made once the tests are collected, before any test
+starts a thread) unless the test gives ``mold=`` or ``mp_context=`` itself. Tests
+whose point is what a child inherits from the executor's process unpickled are
+marked ``fork_only`` and skipped there.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import time
 
 import pytest
 from helpers import OwnServer, live_children, reap_zombies
 
+import forkpool
+from forkpool import ForkPerTaskExecutor
+
 PR_SET_CHILD_SUBREAPER = 36
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--mold",
+        action="store_true",
+        help="fork every executor's children from one forkpool.Mold.fork() mold",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -19,9 +38,44 @@ def pytest_configure(config: pytest.Config) -> None:
     That makes "no process left behind" checkable: anything a test started, at any
     depth, shows up as our child until it is gone.
     """
-    del config
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+_SESSION_MOLD: list[forkpool.Mold] = []
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """With --mold: fork the mold now, with every test module loaded and one thread."""
+    if not session.config.getoption("--mold"):
+        return
+    mold = forkpool.Mold.fork()
+    _SESSION_MOLD.append(mold)
+    original = ForkPerTaskExecutor.__init__
+
+    @functools.wraps(original)
+    def in_mold(self, *args, **kwargs):
+        mp_context = kwargs.get("mp_context", args[1] if len(args) > 1 else None)
+        if kwargs.get("mold") is None and mp_context is None:
+            kwargs["mold"] = mold
+        original(self, *args, **kwargs)
+
+    ForkPerTaskExecutor.__init__ = in_mold  # type: ignore[method-assign]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--mold"):
+        return
+    skip = pytest.mark.skip(reason="about a fork of the executor's own process (--mold)")
+    for item in items:
+        if item.get_closest_marker("fork_only"):
+            item.add_marker(skip)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    del config
+    while _SESSION_MOLD:
+        _SESSION_MOLD.pop().close()
 
 
 @pytest.fixture(autouse=True)

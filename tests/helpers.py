@@ -246,8 +246,13 @@ class OwnServer:
             shutil.rmtree(self._data_dir, ignore_errors=True)
 
 
-def orphan_script(url: str, prefix: str, host: str, pid_file: Path, *, keep_child: bool) -> str:
-    """A parent script whose task clears PDEATHSIG (if asked) and starts a grandchild."""
+def orphan_script(
+    url: str, prefix: str, host: str, pid_file: Path, *, keep_child: bool, mold: bool = False
+) -> str:
+    """A parent script whose task clears PDEATHSIG (if asked) and starts a grandchild.
+
+    With ``mold``, the task is forked by a mold, whose pid the script prints.
+    """
     clear = (
         "import ctypes; ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG off"
         if keep_child
@@ -264,11 +269,13 @@ def orphan_script(url: str, prefix: str, host: str, pid_file: Path, *, keep_chil
                 json.dump({{"child": os.getpid(), "grandchild": grandchild.pid}}, f)
             time.sleep(60)
 
+        mold = forkpool.Mold(preload=()) if {mold!r} else None
         ex = forkpool.ForkPerTaskExecutor(
-            1, redis={url!r}, key_prefix={prefix!r}, host={host!r}, reap_interval=0.2, ttl=1.0
+            1, redis={url!r}, key_prefix={prefix!r}, host={host!r}, reap_interval=0.2, ttl=1.0,
+            mold=mold,
         )
         ex.submit(task)
-        print("ready", flush=True)
+        print("ready", mold.pid if mold else "", flush=True)
         time.sleep(60)
     """
 

@@ -21,7 +21,7 @@ import redis
 from celery import Celery
 from celery.exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
 from celery_worker import CeleryWorker
-from helpers import OwnServer, descendants, dies_with_us, is_running, wait_for, wait_gone
+from helpers import OwnServer, dies_with_us, is_running, wait_for, wait_gone
 
 from forkpool.celery import ForkPool
 from forkpool.celery._settings import executor_kwargs, tracking_redis
@@ -82,12 +82,13 @@ def _tracked(url: str, worker: CeleryWorker, host: str) -> int:
 
 
 class TestForkPool:
-    def test_each_task_runs_in_a_fresh_child_of_the_worker(self, worker, client):
-        """Each task gets its own child of the worker process; worker_process_init runs in it."""
+    def test_each_task_runs_in_a_fresh_child_of_the_workers_mold(self, worker, client):
+        """Each task gets its own child of the worker's mold; worker_process_init runs in it."""
         results = [client.send_task("celery_app.whoami").get(timeout=30) for _ in range(3)]
         pids = {result["pid"] for result in results}
         assert len(pids) == 3
-        assert {result["ppid"] for result in results} == {worker.pid}
+        assert worker.forking_pid != worker.pid
+        assert {result["ppid"] for result in results} == {worker.forking_pid}
         for pid in pids:
             assert worker.has_report(f"init-{pid}")
             wait_gone(pid)
@@ -100,7 +101,7 @@ class TestForkPool:
         # Each child starts from the worker's state: what a task keeps dies with it.
         assert [result.get(timeout=60) for result in results] == [1] * 20
         # A child stores its result, then exits: measure once the last is gone.
-        wait_for(lambda: not descendants(worker.pid), 10, "the last children to exit")
+        wait_for(lambda: not worker.task_processes(), 10, "the last children to exit")
         grown = worker.tree_rss_mib() - before
         print(f"\nworker tree: {before:.1f} MiB, then {grown:+.1f} MiB after 20 x 50 MiB")
         assert grown <= 10, grown
@@ -162,12 +163,12 @@ class TestForkPool:
         result = client.send_task("celery_app.crashes")
         with pytest.raises(WorkerLostError, match="SIGKILL"):
             result.get(timeout=30)
-        assert client.send_task("celery_app.whoami").get(timeout=30)["ppid"] == worker.pid
+        assert client.send_task("celery_app.whoami").get(timeout=30)["ppid"] == worker.forking_pid
 
     def test_a_forked_task_runs_in_place_in_a_pool_child(self, worker, client):
         """A ForkedTask under ForkPool runs in the task's child, not in a fork of it."""
         result = client.send_task("celery_app.forked_heavy", args=(1,)).get(timeout=30)
-        assert result["ppid"] == worker.pid
+        assert result["ppid"] == worker.forking_pid
         assert result["retained"] == 1
 
     def test_info_names_the_pool_and_its_tracking(self, worker, client):
@@ -253,6 +254,36 @@ class TestHostContract:
                 with pytest.raises(TaskRevokedError):
                     result.get(timeout=30)
                 assert result.state == "REVOKED"
+
+
+class TestMold:
+    """ForkPool forks tasks from a mold holding the worker's app, unless told otherwise."""
+
+    def test_an_application_thread_of_the_worker_cannot_deadlock_tasks(self, server, tmp_path):
+        """A worker thread reading app.backend.client all along: 60 of 60 tasks succeed."""
+        worker = CeleryWorker(
+            tmp_path,
+            broker=server,
+            backend=server,
+            concurrency=2,
+            extra_args=("--time-limit", "5"),
+            env={"FORKPOOL_TEST_APP_THREAD": "1"},
+        )
+        with worker:
+            client = worker.client()
+            results = [client.send_task("celery_app.whoami") for _ in range(60)]
+            outcomes = [result.get(timeout=60)["ppid"] for result in results]
+            mold = worker.forking_pid
+        assert mold != worker.pid
+        assert outcomes == [mold] * 60
+
+    def test_fork_from_worker_forks_the_worker_process(self, server, tmp_path):
+        """forkpool_fork_from = "worker": each task is a child of the worker itself."""
+        worker = CeleryWorker(tmp_path, broker=server, backend=server, fork_from="worker")
+        with worker:
+            result = worker.client().send_task("celery_app.whoami").get(timeout=30)
+            assert worker.forking_pid == worker.pid
+        assert result["ppid"] == worker.pid
 
 
 def _reserved(client: Celery, task_id: str) -> bool:
@@ -432,7 +463,7 @@ def test_on_rabbitmq_tasks_revokes_and_warm_shutdown_work(server, tmp_path):
     first = CeleryWorker(tmp_path, broker=RABBITMQ, backend=server, tracking=server)
     with first:
         client = first.client()
-        assert client.send_task("celery_app.whoami").get(timeout=30)["ppid"] == first.pid
+        assert client.send_task("celery_app.whoami").get(timeout=30)["ppid"] == first.forking_pid
         revoked = client.send_task("celery_app.sleeper", args=(f"{name}-r", 30))
         child = first.report(f"{name}-r-started")["pid"]
         revoked.revoke(terminate=True)

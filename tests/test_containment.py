@@ -136,6 +136,7 @@ def _with_tb(caplog):
 
 
 class TestUnpickling:
+    @pytest.mark.fork_only  # its arguments are made not to pickle
     @pytest.mark.parametrize("cls", BASE_EXCEPTIONS, ids=IDS)
     def test_result_that_raises_when_unpickled(self, cls):
         """A result whose unpickling raises a BaseException fails only its own future."""
@@ -148,6 +149,7 @@ class TestUnpickling:
             assert neighbour.result(timeout=10) == "neighbour"
             _assert_executor_works(ex)
 
+    @pytest.mark.fork_only  # its arguments are made not to pickle
     @pytest.mark.parametrize("cls", BASE_EXCEPTIONS, ids=IDS)
     def test_progress_value_that_raises_when_unpickled(self, cls, caplog):
         """A progress value whose unpickling raises is dropped with a warning."""
@@ -158,6 +160,7 @@ class TestUnpickling:
             _assert_executor_works(ex)
         assert any("does not unpickle" in r.getMessage() for r in caplog.records)
 
+    @pytest.mark.fork_only  # its arguments are made not to pickle
     @pytest.mark.parametrize("cls", BASE_EXCEPTIONS, ids=IDS)
     def test_result_that_raises_when_pickled(self, cls):
         """A result whose pickling raises a BaseException fails with a clear error."""
@@ -166,6 +169,7 @@ class TestUnpickling:
             with pytest.raises(ResultNotPicklableError, match=cls.__name__):
                 future.result(timeout=10)
 
+    @pytest.mark.fork_only  # its arguments are made not to pickle
     @pytest.mark.parametrize("cls", BASE_EXCEPTIONS, ids=IDS)
     def test_exception_that_raises_when_rebuilt(self, cls):
         """A task exception that cannot be rebuilt arrives as its class, with its message."""

@@ -124,6 +124,7 @@ class TestArgumentsAreInherited:
         factor = 3
         assert ex.submit(lambda x: x * factor, 5).result(timeout=10) == 15
 
+    @pytest.mark.fork_only  # its arguments are made not to pickle
     def test_unpicklable_arguments(self, ex):
         """Locks and sockets are usable as arguments: the child inherits them."""
         lock = threading.Lock()
@@ -349,16 +350,23 @@ class TestValidation:
         with pytest.raises(TypeError, match="timeout must be a number of seconds, got str"):
             ForkPerTaskExecutor(timeout="5")  # type: ignore[arg-type]
 
-    @pytest.mark.parametrize("method", ["spawn", "forkserver"])
-    def test_mp_context_must_be_fork(self, method):
-        """An mp_context other than fork is rejected, naming its start method."""
-        with pytest.raises(ValueError, match=f"start method is '{method}'"):
-            ForkPerTaskExecutor(mp_context=multiprocessing.get_context(method))
+    def test_a_mold_and_a_forkserver_context_together_are_refused(self):
+        """mold= and a forkserver mp_context both ask for a mold: a ValueError says so."""
+        with (
+            forkpool.Mold(preload=()) as mold,
+            pytest.raises(ValueError, match="either mold or a forkserver"),
+        ):
+            ForkPerTaskExecutor(mp_context=multiprocessing.get_context("forkserver"), mold=mold)
+
+    def test_mold_must_be_a_mold(self):
+        """mold= takes a forkpool.Mold: anything else is a TypeError naming it."""
+        with pytest.raises(TypeError, match=r"mold must be a forkpool\.Mold or None, got 'yes'"):
+            ForkPerTaskExecutor(mold="yes")  # type: ignore[arg-type]
 
     def test_mp_context_given_as_a_string(self):
         """mp_context="spawn" (a string, not a context) says so and how to fix it."""
         with pytest.raises(TypeError, match=r"got 'spawn', which is not a context") as info:
-            ForkPerTaskExecutor(mp_context="spawn")
+            ForkPerTaskExecutor(mp_context="spawn")  # type: ignore[arg-type]
         assert "None" not in str(info.value).split("got")[1]
         assert "multiprocessing.get_context('fork')" in str(info.value)
 

@@ -351,6 +351,7 @@ class TestRedisErrors:
         client.close()
 
 
+@pytest.mark.fork_only  # about this process's own SIGCHLD; a mold reaps its own
 @pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "polling"])
 def test_children_reaped_behind_our_back(pidfd, monkeypatch):
     """With SIGCHLD ignored (auto-reaping), results still arrive and nothing crashes."""

@@ -350,6 +350,11 @@ class TestAbandoned:
             wait_gone(running.pid)
 
 
+def _environment_variable(name: str) -> str | None:
+    # os.environ.get itself would travel to a mold as a copy of this process's mapping.
+    return os.environ.get(name)
+
+
 class TestHooks:
     def test_hook_order_threads_and_pids(self, tmp_path):
         """Parent hooks run in the forking thread around fork; the child hook in the child."""
@@ -442,7 +447,8 @@ class TestHooks:
 
         with ForkPerTaskExecutor(2, initializer=init, initargs=("set",)) as ex:
             results = [
-                ex.submit(os.environ.get, "FORKPOOL_TEST_INIT").result(timeout=10) for _ in range(3)
+                ex.submit(_environment_variable, "FORKPOOL_TEST_INIT").result(timeout=10)
+                for _ in range(3)
             ]
         assert results == ["set"] * 3
         assert "FORKPOOL_TEST_INIT" not in os.environ

@@ -95,21 +95,25 @@ class TestExceptions:
         with pytest.raises(type(exc)):
             ex.submit(_raise, exc).result(timeout=10)
 
+    @pytest.mark.fork_only  # its arguments are made not to pickle
     def test_exception_that_fails_to_unpickle(self, ex):
         """An exception that pickles but cannot unpickle arrives as its own type."""
         with pytest.raises(NeedsTwoArgs, match=r"1\+2"):
             ex.submit(_raise, NeedsTwoArgs(1, 2)).result(timeout=10)
 
+    @pytest.mark.fork_only  # its arguments are made not to pickle
     def test_exception_that_cannot_be_pickled(self, ex):
         """An unpicklable exception still arrives with its type and message."""
         with pytest.raises(HoldsALock, match="locked out"):
             ex.submit(_raise, HoldsALock("locked out")).result(timeout=10)
 
+    @pytest.mark.fork_only  # its arguments are made not to pickle
     def test_exception_whose_reduce_refuses(self, ex):
         """An exception whose __reduce__ raises is rebuilt as its own class."""
         with pytest.raises(RefusesToPickle, match="stubborn"):
             ex.submit(_raise, RefusesToPickle("stubborn")).result(timeout=10)
 
+    @pytest.mark.fork_only  # its arguments are made not to pickle
     def test_exception_with_no_picklable_form(self, ex):
         """When nothing pickles, RemoteTaskError carries type name, message, traceback."""
         with pytest.raises(RemoteTaskError) as info:

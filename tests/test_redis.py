@@ -187,6 +187,7 @@ class _Point:
 
 
 class TestAnyCallable:
+    @pytest.mark.fork_only  # hostile names do not pickle by reference
     def test_every_kind_of_callable_runs_and_is_named(self, redis_url, client, prefix, tmp_path):
         """Naming a task for Redis never fails it: proxies, instances, classes, mocks."""
         release = tmp_path / "release"
@@ -224,6 +225,7 @@ class TestAnyCallable:
             ]
         )
 
+    @pytest.mark.fork_only  # hostile names do not pickle by reference
     def test_a_qualname_that_raises_on_every_use_fails_nothing(self, redis_url, client, prefix):
         """A __qualname__ str subclass that raises on slicing, len() and more: all tasks run."""
 
@@ -508,6 +510,32 @@ class TestReaper:
             parent.wait(timeout=10)
             if keep_child:
                 assert is_running(pids["child"])
+            with ForkPerTaskExecutor(1, redis=redis_url, key_prefix=prefix, host=HOST, **FAST):
+                wait_gone(pids["grandchild"], timeout=5)
+                wait_gone(pids["child"], timeout=5)
+                wait_for(lambda: not _entries(client, prefix), 5, "the entry to go")
+        finally:
+            parent.kill()
+            parent.wait(timeout=10)
+            parent.stdout.close()
+            parent.stderr.close()
+
+    def test_orphans_of_a_killed_parent_and_mold_are_reaped(
+        self, redis_url, client, prefix, tmp_path
+    ):
+        """kill -9 of the parent and of its mold at once: another executor stops the orphans."""
+        pid_file = tmp_path / "pids"
+        parent = start_script(
+            orphan_script(redis_url, prefix, HOST, pid_file, keep_child=True, mold=True)
+        )
+        try:
+            mold_pid = int(parent.stdout.readline().split()[1])
+            pids = read_pids(pid_file)
+            wait_for(lambda: _entries(client, prefix), 5, "the entry")
+            os.kill(mold_pid, signal.SIGKILL)  # no mold left to stop its children
+            parent.kill()
+            parent.wait(timeout=10)
+            assert is_running(pids["child"])
             with ForkPerTaskExecutor(1, redis=redis_url, key_prefix=prefix, host=HOST, **FAST):
                 wait_gone(pids["grandchild"], timeout=5)
                 wait_gone(pids["child"], timeout=5)

@@ -22,6 +22,7 @@ it needs only what a fork breaks, and what users hook into:
 
 from __future__ import annotations
 
+import functools
 import multiprocessing.util
 import os
 import signal
@@ -71,6 +72,31 @@ def enter(node_name: str | None, app: Celery | None = None) -> None:
     _set_task_join_will_block(True)
     worker_state.reset_state()
     signals.worker_process_init.send(sender=node_name)
+
+
+def enter_hook(node_name: str | None, fn: object, args: object, kwargs: object) -> None:
+    """``child_post_fork`` for a mold's children: the mold made the app current."""
+    del fn, args, kwargs
+    enter(node_name)
+
+
+def job(
+    node_name: str | None, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Callable[[], T]:
+    """A pool's task as it is rebuilt in a mold's child (see ``_Job.__reduce__``)."""
+    return functools.partial(run, node_name, fn, *args, **kwargs)
+
+
+def setup_logging(app: Celery, node_name: str | None) -> None:
+    """Logging as a prefork child sets it up, from what the worker left in the environment."""
+    logfile = os.environ.get("CELERY_LOG_FILE") or None
+    app.log.setup(
+        int(os.environ.get("CELERY_LOG_LEVEL") or 0),
+        logfile,
+        bool(os.environ.get("CELERY_LOG_REDIRECT")),
+        str(os.environ.get("CELERY_LOG_REDIRECT_LEVEL")),
+        hostname=node_name,
+    )
 
 
 def run(node_name: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -58,13 +58,15 @@ from forkpool._errors import ChildDiedError, TaskTimeoutError
 from forkpool._executor import ForkPerTaskExecutor
 from forkpool._future import ForkFuture
 from forkpool._options import options, unwrap
-from forkpool.celery import _in_child, _settings
+from forkpool.celery import _in_child, _mold, _settings
 from forkpool.celery._callbacks import CallbackThread
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from kombu.asynchronous import Hub
+
+    from forkpool._mold import Mold
 
 logger = logging.getLogger("forkpool.celery")
 
@@ -97,6 +99,10 @@ class _Job:
     def __call__(self) -> Any:
         """In the child: the task (Celery's tracer, which stores its outcome)."""
         return _in_child.run(self.node_name, self.target, *self.args, **self.kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # To a mold, only what the child runs travels: the callbacks stay here.
+        return (_in_child.job, (self.node_name, self.target, self.args, self.kwargs))
 
 
 class ApplyResult:
@@ -164,6 +170,8 @@ class ForkPool(BasePool):
         # Inside Celery's shutdown-signal handler (see _signalled): how deep.
         self._in_signal_handler = 0
         self._tracking: dict[str, Any] = {}
+        # Where tasks are forked from (see _mold): None for the worker process itself.
+        self._mold: Mold | None = None
         # A pipe the worker's event loop reads, to wake it (see _shutdown_begins).
         # Reentrant: a shutdown signal's handler wakes the loop, and may interrupt the
         # main thread while it closes the pipe.
@@ -184,15 +192,24 @@ class ForkPool(BasePool):
             "key_prefix": kwargs["key_prefix"],
             "host": kwargs.get("host"),
         }
+        self._mold = _mold.make(self.app, self.node_name)
+        hooks: dict[str, Any] = {
+            "parent_pre_fork": self._before_fork,
+            "child_post_fork": self._enter_child,
+        }
+        if self._mold is not None:
+            # The mold made the app current, and its result backend, once.
+            hooks = {"child_post_fork": functools.partial(_in_child.enter_hook, self.node_name)}
         try:
             self._executor = ForkPerTaskExecutor(
                 max_workers=self.limit,
-                parent_pre_fork=self._before_fork,
                 parent_post_fork=self._forked,
-                child_post_fork=self._enter_child,
+                mold=self._mold,
+                **hooks,
                 **kwargs,
             )
         except (TypeError, ValueError) as exc:
+            self._close_mold()
             raise _settings.explain(exc) from exc
         self._callbacks.start()
         signals.worker_shutting_down.connect(self._shutdown_begins, weak=False)
@@ -293,6 +310,7 @@ class ForkPool(BasePool):
             {
                 "implementation": "forkpool.celery:ForkPool",  # what a worker is given
                 "processes": sorted(self._by_pid),
+                "fork_from": "worker" if self._mold is None else f"mold (pid {self._mold.pid})",
                 "tracking": {k: v for k, v in self._tracking.items() if k != "redis"},
             }
         )
@@ -454,10 +472,16 @@ class ForkPool(BasePool):
         """After the executor is done: the last callbacks, then this worker's leftovers."""
         signals.worker_shutting_down.disconnect(self._shutdown_begins)
         self._callbacks.stop()
+        self._close_mold()
         self._kill_leftovers()
         # A cold shutdown stops the pool from its signal handler, then sets the flag
         # the loop looks at: wake the loop, or it sleeps on to its next timer.
         self._wake_hub()
+
+    def _close_mold(self) -> None:
+        mold, self._mold = self._mold, None
+        if mold is not None:
+            mold.close()
 
     def _wake_hub(self) -> None:
         # Under the lock: a descriptor closed meanwhile may be some other file's by now.

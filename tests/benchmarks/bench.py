@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime as dt
+import functools
 import json
 import multiprocessing
 import os
@@ -110,10 +111,15 @@ def process_per_task(n: int, workers: int) -> list[int]:
     return results
 
 
-def throughput_contenders(workers: int, redis_url: str) -> dict[str, Callable[[int], list[int]]]:
+def throughput_contenders(
+    workers: int, redis_url: str, mold: forkpool.Mold
+) -> dict[str, Callable[[int], list[int]]]:
     contenders: dict[str, Callable[[int], list[int]]] = {
         "bare fork loop": lambda n: bare_fork_loop(n, workers),
         "forkpool": lambda n: run_executor(forkpool.ForkPerTaskExecutor(workers), n),
+        "forkpool + mold": lambda n: run_executor(
+            forkpool.ForkPerTaskExecutor(workers, mold=mold), n
+        ),
         "forkpool + Redis": lambda n: run_executor(
             forkpool.ForkPerTaskExecutor(workers, redis=redis_url, key_prefix="bench"), n
         ),
@@ -143,10 +149,12 @@ def interleaved(
     return times
 
 
-def measure_throughput(tasks: int, rounds: int, workers: int, redis_url: str) -> dict[str, float]:
+def measure_throughput(
+    tasks: int, rounds: int, workers: int, redis_url: str, mold: forkpool.Mold
+) -> dict[str, float]:
     expected = [double(i) for i in range(tasks)]
     checked: dict[str, Callable[[], Any]] = {}
-    for name, run in throughput_contenders(workers, redis_url).items():
+    for name, run in throughput_contenders(workers, redis_url, mold).items():
 
         def check(run: Callable[[int], list[int]] = run, name: str = name) -> None:
             if run(tasks) != expected:
@@ -301,16 +309,21 @@ def copy_of(value: Any) -> Any:
 
 
 def measure_parent_size(
-    sizes_mib: list[int], tasks: int, rounds: int
+    sizes_mib: list[int], tasks: int, rounds: int, mold: forkpool.Mold
 ) -> dict[int, dict[str, float]]:
+    """Seconds per task, one at a time, as the parent grows; the mold was made before."""
     out: dict[int, dict[str, float]] = {}
     for size in sizes_mib:
         ballast = bytearray(size * MIB)
         ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page
-        with forkpool.ForkPerTaskExecutor(1) as ex:
+        with (
+            forkpool.ForkPerTaskExecutor(1) as ex,
+            forkpool.ForkPerTaskExecutor(1, mold=mold) as in_mold,
+        ):
             ex.submit(double, 1).result()
+            in_mold.submit(double, 1).result()
 
-            def fp_latency() -> None:
+            def fp_latency(ex: forkpool.ForkPerTaskExecutor = ex) -> None:
                 for i in range(tasks):
                     if ex.submit(double, i).result() != double(i):
                         raise AssertionError("forkpool returned a wrong result")
@@ -321,7 +334,14 @@ def measure_parent_size(
                         raise AssertionError("bare loop returned a wrong result")
                     del i
 
-            times = interleaved({"forkpool": fp_latency, "bare fork loop": bare_latency}, rounds)
+            times = interleaved(
+                {
+                    "forkpool": fp_latency,
+                    "forkpool + mold": functools.partial(fp_latency, in_mold),
+                    "bare fork loop": bare_latency,
+                },
+                rounds,
+            )
         out[size] = {name: statistics.median(s) / tasks for name, s in times.items()}
         del ballast
     return out
@@ -394,6 +414,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
     rows = [
         ("forkpool / bare fork loop", rate["forkpool"] / bare, 0.9),
         ("forkpool + Redis / bare fork loop", rate["forkpool + Redis"] / bare, 0.8),
+        ("forkpool + mold / bare fork loop", rate["forkpool + mold"] / bare, 0.8),
     ]
     for main in MAIN_MODULES:
         pools = results["pools"][main]["tasks_per_s"]
@@ -452,6 +473,20 @@ def targets(results: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
             1.1,
         )
     )
+    rows.append(
+        (
+            f"latency at {biggest} MiB parent: forkpool / forkpool + mold",
+            latency["forkpool"] / latency["forkpool + mold"],
+            15.0,
+        )
+    )
+    rows.append(
+        (
+            f"latency at {biggest} MiB parent: forkpool + mold (ms, at most)",
+            latency["forkpool + mold"] * 1000,
+            3.0,
+        )
+    )
     rows.append(("Redis commands per task (at most)", results["redis_commands_per_task"], 2.0))
     celery = results["celery"]
     per_task = celery["per_task_ms"]
@@ -462,7 +497,14 @@ def targets(results: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
             10.0,
         )
     )
-    for label in ("forkpool pool", "prefork + ForkedTask"):
+    rows.append(
+        (
+            "Celery per no-op task: forkpool pool (mold) / prefork (at most)",
+            per_task["forkpool pool"] / per_task["prefork"],
+            3.0,
+        )
+    )
+    for label in ("forkpool pool", "forkpool pool, fork from worker", "prefork + ForkedTask"):
         rss = celery["tree_rss_mib"][label]
         rows.append(
             (
@@ -600,6 +642,8 @@ def main() -> int:
         "ignore", r"This process \(pid=\d+\) is multi-threaded", DeprecationWarning
     )
     large_mib = 4 if smoke else 256
+    # Made first, while this process is small and has one thread, as a user would.
+    mold = forkpool.Mold.fork()
     server = OwnServer()
     server.start()
     try:
@@ -609,7 +653,11 @@ def main() -> int:
             f"Python {platform.python_version()}",
             "smoke": smoke,
             "throughput_tasks_per_s": measure_throughput(
-                tasks=6 if smoke else 300, rounds=1 if smoke else 5, workers=2, redis_url=server.url
+                tasks=6 if smoke else 300,
+                rounds=1 if smoke else 5,
+                workers=2,
+                redis_url=server.url,
+                mold=mold,
             ),
             "pools": {
                 main: measure_pools(
@@ -631,6 +679,7 @@ def main() -> int:
                 [0, 64] if smoke else [0, 512, 2048],
                 tasks=3 if smoke else 30,
                 rounds=1 if smoke else 5,
+                mold=mold,
             ),
             "redis_commands_per_task": measure_redis_commands(
                 server.url, tasks=10 if smoke else 300, workers=2
@@ -648,6 +697,7 @@ def main() -> int:
         }
     finally:
         server.stop()
+        mold.close()
     results["targets"] = targets(results)
     print_report(results)
     if not smoke:

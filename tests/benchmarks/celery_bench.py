@@ -6,7 +6,10 @@ processes for tasks, on the bench's own Valkey as broker and result backend:
 - ``prefork``: Celery's default pool, processes reused for every task;
 - ``prefork max_tasks_per_child=1``: a fresh pool process per task, Celery's own
   cure for tasks that leak;
-- ``forkpool pool``: ``forkpool.celery:ForkPool``, a fresh fork per task;
+- ``forkpool pool``: ``forkpool.celery:ForkPool``, a fresh fork per task, from a
+  mold holding the app (the default);
+- ``forkpool pool, fork from worker``: the same, each task forked from the worker
+  process itself (``forkpool_fork_from = "worker"``);
 - ``prefork + ForkedTask``: prefork, with the task's body in a fork of the pool
   process (``base=forkpool.celery.ForkedTask``).
 
@@ -30,12 +33,13 @@ from helpers import descendants, is_running, wait_for
 CONCURRENCY = 2
 # How long a worker's processes must stay the same to count as settled (seconds).
 SETTLED_FOR = 1.0
-# (label, the worker's pool, the no-op task, the heavy task)
+# (label, the worker's pool, where ForkPool forks from, the no-op task, the heavy task)
 CONTENDERS = [
-    ("prefork", "prefork", "noop", "heavy"),
-    ("prefork max_tasks_per_child=1", "prefork-mtpc1", "noop", "heavy"),
-    ("forkpool pool", "forkpool", "noop", "heavy"),
-    ("prefork + ForkedTask", "prefork", "forked_noop", "forked_heavy"),
+    ("prefork", "prefork", "mold", "noop", "heavy"),
+    ("prefork max_tasks_per_child=1", "prefork-mtpc1", "mold", "noop", "heavy"),
+    ("forkpool pool", "forkpool", "mold", "noop", "heavy"),
+    ("forkpool pool, fork from worker", "forkpool", "worker", "noop", "heavy"),
+    ("prefork + ForkedTask", "prefork", "mold", "forked_noop", "forked_heavy"),
 ]
 
 
@@ -46,25 +50,30 @@ def measure_celery(
     with tempfile.TemporaryDirectory(prefix="forkpool-bench-celery-") as workdir:
         workers = {
             label: CeleryWorker(
-                Path(workdir), broker=url, backend=url, pool=pool, concurrency=CONCURRENCY
+                Path(workdir),
+                broker=url,
+                backend=url,
+                pool=pool,
+                concurrency=CONCURRENCY,
+                fork_from=fork_from,
             )
-            for label, pool, _, _ in CONTENDERS
+            for label, pool, fork_from, _, _ in CONTENDERS
         }
         try:
             for worker in workers.values():
                 worker.start(timeout=60)
             clients = {label: worker.client() for label, worker in workers.items()}
-            for label, _, noop, _ in CONTENDERS:  # a connection and a first task each
+            for label, _, _, noop, _ in CONTENDERS:  # a connection and a first task each
                 _burst(clients[label], noop, CONCURRENCY)
             seconds: dict[str, list[float]] = {label: [] for label, *_ in CONTENDERS}
             for _ in range(rounds):
-                for label, _, noop, _ in CONTENDERS:
+                for label, _, _, noop, _ in CONTENDERS:
                     started = time.perf_counter()
                     _burst(clients[label], noop, tasks)
                     seconds[label].append(time.perf_counter() - started)
             memory = {
                 label: _heavy_growth(workers[label], clients[label], heavy, heavy_tasks, heavy_mib)
-                for label, _, _, heavy in CONTENDERS
+                for label, _, _, _, heavy in CONTENDERS
             }
         finally:
             for worker in workers.values():
@@ -109,10 +118,13 @@ def _between_tasks(worker: CeleryWorker) -> None:
 
     Prefork keeps its pool processes; with ``max_tasks_per_child=1`` the one that ran
     the last task lives on for a moment, then is gone, or a zombie, until billiard
-    replaces it. ``ForkPool`` keeps none. A tree measured in between would count a
-    process too many or too few.
+    replaces it. ``ForkPool`` keeps its mold, if it has one. A tree measured in between
+    would count a process too many or too few.
     """
-    idle = 0 if worker.pool == "forkpool" else CONCURRENCY
+    if worker.pool == "forkpool":
+        idle = 0 if worker.forking_pid == worker.pid else 1
+    else:
+        idle = CONCURRENCY
     last: dict[str, Any] = {"processes": None, "since": 0.0}
 
     def settled() -> bool:

@@ -1,0 +1,249 @@
+"""Inside a mold: the loop that forks tasks' children on request, and reaps them when told.
+
+Facts this loop is built on:
+
+* The mold has one thread, always: it starts none, and nothing it runs between
+  requests (only forkpool's code and the user's preload and initializer, once)
+  is allowed to. So each fork copies no lock another thread held.
+* It never unpickles a task. The payload is handed to the child in a memfd and
+  unpickled there: a payload that fails to unpickle, or whose unpickling crashes
+  the process, fails its own task and leaves the mold as it was.
+* It reaps a child only when the executor asks (``REAP``), after the executor has
+  seen it exit. Until then the child's pid and process group id stay the child's,
+  so the executor can signal them without ever reaching a stranger.
+* It lives as long as its socket: end of file means the process that made it is
+  gone (or closed it), and it kills each child's process group and exits.
+* Its children die with it (``PR_SET_PDEATHSIG``, set in each child, fires when the
+  mold's one thread exits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+import traceback
+from typing import TYPE_CHECKING, Any, Final, NoReturn
+
+from forkpool import _fork, _linux, _procfs
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+# Requests and replies: a 1-byte kind and a 4-byte length, then a pickled body
+# (plain values only: tuples, ints, strings) and, with SPAWN, descriptors.
+HEADER: Final = struct.Struct("!BI")
+SPAWN, REAP, READY, FORKED, REAPED, FAILED = 1, 2, 3, 4, 5, 6
+# At most this many descriptors come with one request (the result pipe, the
+# payload, and a task's pass_fds).
+MAX_FDS: Final = 253
+# The first descriptor number a task's passed descriptors are parked at in the
+# child, above the numbers they must end up at.
+_PARK_FROM: Final = 100
+
+
+def send(sock: socket.socket, kind: int, body: object, fds: tuple[int, ...] = ()) -> None:
+    """One message: header and body in one write, the descriptors riding on it."""
+    data = pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
+    message = HEADER.pack(kind, len(data)) + data
+    sent = socket.send_fds(sock, [message], list(fds)) if fds else sock.send(message)
+    if sent < len(message):
+        sock.sendall(memoryview(message)[sent:])
+
+
+def receive(sock: socket.socket) -> tuple[int, Any, list[int]] | None:
+    """One message: (kind, body, descriptors), or None at end of file."""
+    head, fds, _, _ = socket.recv_fds(sock, HEADER.size, MAX_FDS)
+    if not head:
+        return None
+    while len(head) < HEADER.size:
+        more = sock.recv(HEADER.size - len(head))
+        if not more:
+            _close_all(fds)
+            return None
+        head += more
+    kind, size = HEADER.unpack(head)
+    data = bytearray()
+    while len(data) < size:
+        more = sock.recv(size - len(data))
+        if not more:
+            _close_all(fds)
+            return None
+        data += more
+    return kind, pickle.loads(data), fds  # noqa: S301 - from our own executor or mold
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def serve(sock: socket.socket) -> NoReturn:
+    """The mold's life: fork on SPAWN, reap on REAP, until end of file."""
+    _linux.set_name(_linux.comm_name(_procfs.MOLD_COMM))  # see the reaper
+    forker = _fork.Forker()
+    forker.adopt_thread()
+    children: set[int] = set()
+    # Whatever setup allocated stays put: children's cycle collections skip it.
+    gc.collect()
+    gc.freeze()
+    try:
+        while (message := receive(sock)) is not None:
+            kind, body, fds = message
+            if kind == SPAWN:
+                _spawn(sock, forker, body, fds, children)
+            elif kind == REAP:
+                _reap(sock, body, children)
+            else:
+                _close_all(fds)
+                send(sock, FAILED, (0, f"unknown request {kind}"))
+    except OSError:
+        pass  # the socket broke: the executor's process is gone
+    finally:
+        for pid in children:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in children:
+            with contextlib.suppress(OSError):
+                os.waitpid(pid, 0)
+    os._exit(0)
+
+
+def _spawn(
+    sock: socket.socket,
+    forker: _fork.Forker,
+    body: tuple[Any, ...],
+    fds: list[int],
+    children: set[int],
+) -> None:
+    task_id, memory_limit, close_fds, passed, pipe_owner, pipe_read_fd = body
+    write_fd, payload_fd, *received = fds
+    targets = tuple(number for number, _ in passed)
+    keep = (payload_fd, *received) if close_fds else None
+    task = _fork.ChildTask(
+        fn=_run_pickled,
+        args=(payload_fd, tuple(zip(received, passed, strict=True))),
+        kwargs={},
+        task_id=task_id,
+        memory_limit=memory_limit,
+        keep_fds=None if keep is None else (*keep, *targets),
+    )
+    try:
+        pid = forker.fork(
+            task,
+            pipe_read_fd,
+            write_fd,
+            [sock.fileno()],
+            children,
+            pipe_owner=pipe_owner,
+        )
+    except OSError as exc:
+        send(sock, FAILED, (exc.errno or 0, str(exc)))
+        return
+    finally:
+        _close_all(fds)
+    children.add(pid)
+    with contextlib.suppress(OSError):
+        os.setpgid(pid, pid)  # as the child does: the group exists before we answer
+    send(sock, FORKED, pid)
+
+
+def _reap(sock: socket.socket, pid: int, children: set[int]) -> None:
+    if pid not in children:
+        send(sock, FAILED, (0, f"pid {pid} is not a child of this mold"))
+        return
+    children.discard(pid)
+    try:
+        _, status, rusage = os.wait4(pid, 0)
+    except ChildProcessError:
+        send(sock, REAPED, (-1, None))
+        return
+    send(sock, REAPED, (status, tuple(rusage)))
+
+
+def _run_pickled(payload_fd: int, passed: tuple[tuple[int, tuple[int, bool]], ...]) -> object:
+    """In a task's child: read and unpickle the task, then run it as a fork would.
+
+    The payload is (fn, args, kwargs, child_post_fork, initializer, initargs), as
+    the executor pickled it at submit.
+    """
+    import cloudpickle  # noqa: PLC0415 - the child's, not the mold's, import
+
+    size = os.fstat(payload_fd).st_size
+    data = os.pread(payload_fd, size, 0) if size else b""
+    os.close(payload_fd)
+    _place_passed_fds(passed)
+    try:
+        fn, args, kwargs, child_post_fork, initializer, initargs = cloudpickle.loads(data)
+    except BaseException as exc:
+        from forkpool._errors import ForkPoolError  # noqa: PLC0415
+
+        msg = f"the task could not be unpickled in its mold's child: {exc!r}"
+        raise ForkPoolError(msg) from exc
+    del data
+    if child_post_fork is not None:
+        child_post_fork(fn, args, kwargs)
+    if initializer is not None:
+        initializer(*initargs)
+    call: Callable[..., object] = fn
+    return call(*args, **kwargs)
+
+
+def _place_passed_fds(passed: tuple[tuple[int, tuple[int, bool]], ...]) -> None:
+    """Give each descriptor passed to the task the number it had in the executor."""
+    # Parked above every target first, so that placing one never overwrites another.
+    floor = _PARK_FROM + max((number for _, (number, _) in passed), default=0)
+    parked = []
+    for received, (_, inheritable) in passed:
+        high = fcntl.fcntl(received, fcntl.F_DUPFD_CLOEXEC, floor)
+        os.close(received)
+        parked.append((high, inheritable))
+    for (high, inheritable), (_, (number, _)) in zip(parked, passed, strict=True):
+        os.dup2(high, number, inheritable=inheritable)
+        os.close(high)
+
+
+def main() -> NoReturn:
+    """A fresh interpreter's mold (``python -c``): set up as asked, then serve."""
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    try:
+        message = receive(sock)
+        if message is None:
+            os._exit(0)
+        _, recipe, _ = message
+        _prepare(*recipe)
+    except BaseException as exc:  # noqa: BLE001 - reported to the process that made it
+        detail = "".join(traceback.format_exception(exc))
+        with contextlib.suppress(OSError):
+            send(sock, FAILED, (0, detail))
+        os._exit(1)
+    send(sock, READY, os.getpid())
+    serve(sock)
+
+
+def _prepare(preparation: dict[str, Any], preload: tuple[str, ...], setup: bytes | None) -> None:
+    """Be the caller's program as multiprocessing's forkserver would, then preload."""
+    import multiprocessing.spawn  # noqa: PLC0415
+
+    import cloudpickle  # noqa: PLC0415
+
+    main_path = preparation.pop("init_main_from_path", None)
+    preparation.pop("init_main_from_name", None)
+    multiprocessing.spawn.prepare(preparation)
+    if "__main__" in preload and main_path is not None:
+        multiprocessing.spawn.import_main_path(main_path)
+    for name in preload:
+        if name != "__main__":
+            __import__(name)
+    if setup is not None:
+        initializer, initargs = cloudpickle.loads(setup)
+        initializer(*initargs)

@@ -1,0 +1,305 @@
+"""Molds: tasks' children forked from a small single-threaded template process.
+
+The executor's other contracts are checked in mold mode by running the task tests
+with ``--mold`` (see conftest); these tests are about the mold itself.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import run_script, start_script, wait_for, wait_gone
+
+import forkpool
+from forkpool import ChildDiedError, ForkPerTaskExecutor, Mold, TaskNotPicklableError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _parent_and_self() -> tuple[int, int]:
+    return os.getppid(), os.getpid()
+
+
+def _threads_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    msg = f"no Threads: line for {pid}"
+    raise AssertionError(msg)
+
+
+def _forking_process_threads() -> int:
+    """In a task: how many threads the process that forked it has right now."""
+    return _threads_of(os.getppid())
+
+
+def _sleep_then_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def _announce_and_sleep(path: str) -> None:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(60)
+
+
+def _spawn_grandchild_and_sleep(path: str) -> None:
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    Path(path).write_text(f"{os.getpid()} {pid}")
+    time.sleep(60)
+
+
+def _big(n: int) -> bytes:
+    return b"x" * n
+
+
+def _raise_value_error(message: str) -> None:
+    raise ValueError(message)
+
+
+def _read_fd(fd: int) -> bytes:
+    return os.read(fd, 100)
+
+
+def _module_names() -> list[str]:
+    return sorted(sys.modules)
+
+
+@pytest.fixture(name="mold", scope="module")
+def fixture_mold():
+    """A fresh-interpreter mold shared by the module's tests."""
+    with Mold(preload=()) as mold:
+        yield mold
+
+
+class TestFreshMold:
+    def test_tasks_are_forked_by_the_mold(self, mold):
+        """Each task's child is a fresh child of the mold, not of this process."""
+        with ForkPerTaskExecutor(2, mold=mold) as ex:
+            results = [ex.submit(_parent_and_self).result(timeout=20) for _ in range(3)]
+        assert {parent for parent, _ in results} == {mold.pid}
+        assert len({child for _, child in results}) == 3
+        assert mold.pid != os.getpid()
+
+    def test_closures_and_lambdas_travel_pickled(self, mold):
+        """A lambda over a local value runs: cloudpickle takes it to the mold."""
+        factor = 7
+        with ForkPerTaskExecutor(1, mold=mold) as ex:
+            assert ex.submit(lambda x: x * factor, 6).result(timeout=20) == 42
+
+    def test_an_unpicklable_task_fails_its_future_at_submit(self, mold):
+        """A task whose arguments do not pickle fails its own future, at once, naming why."""
+        with ForkPerTaskExecutor(1, mold=mold) as ex:
+            future = ex.submit(len, threading.Lock())
+            assert future.done()
+            with pytest.raises(TaskNotPicklableError, match=r"len\(\).*_thread.lock"):
+                future.result()
+            assert ex.submit(len, "four").result(timeout=20) == 4
+
+    def test_exceptions_keep_their_type_and_traceback(self, mold):
+        """A task's exception arrives as itself, with the child's traceback as its cause."""
+        with ForkPerTaskExecutor(1, mold=mold) as ex:
+            future = ex.submit(_raise_value_error, "from the mold's child")
+            with pytest.raises(ValueError, match="from the mold's child") as info:
+                future.result(timeout=20)
+        assert "_raise_value_error" in str(info.value.__cause__)
+
+    def test_a_large_result_arrives_whole(self, mold):
+        """A 64 MiB result comes back over the executor's own pipe."""
+        with ForkPerTaskExecutor(1, mold=mold) as ex:
+            assert len(ex.submit(_big, 64 << 20).result(timeout=60)) == 64 << 20
+
+    def test_a_timeout_stops_the_tasks_whole_group(self, mold, tmp_path):
+        """At its timeout the task and the process it forked are stopped."""
+        path = tmp_path / "pids"
+        with ForkPerTaskExecutor(1, mold=mold, timeout=1, kill_grace=0.5) as ex:
+            future = ex.submit(_spawn_grandchild_and_sleep, str(path))
+            with pytest.raises(forkpool.TaskTimeoutError):
+                future.result(timeout=20)
+        child, grandchild = map(int, path.read_text().split())
+        wait_gone(child, 5)
+        wait_gone(grandchild, 5)
+
+    def test_cancel_and_send_signal_reach_the_child(self, mold, tmp_path):
+        """send_signal() reaches the running child; cancel() of another stops it."""
+        with ForkPerTaskExecutor(2, mold=mold) as ex:
+            first = ex.submit(_announce_and_sleep, str(tmp_path / "a"))
+            second = ex.submit(_announce_and_sleep, str(tmp_path / "b"))
+            wait_for(lambda: (tmp_path / "a").exists() and (tmp_path / "b").exists(), 20)
+            assert first.send_signal(signal.SIGUSR1)
+            with pytest.raises(ChildDiedError, match="SIGUSR1"):
+                first.result(timeout=20)
+            assert second.cancel() or second.done()
+            wait_gone(int((tmp_path / "b").read_text()), 10)
+
+    def test_rusage_and_memory_limit(self, mold):
+        """The child's resource usage comes back from the mold; memory_limit caps it."""
+        with ForkPerTaskExecutor(1, mold=mold, memory_limit=32 << 20) as ex:
+            future = ex.submit(_big, 1 << 20)
+            future.result(timeout=20)
+            assert future.rusage is not None
+            assert future.rusage.max_rss_bytes > 0
+            with pytest.raises(MemoryError):
+                ex.submit(_big, 128 << 20).result(timeout=20)
+
+    def test_pass_fds_arrive_under_their_numbers(self, mold):
+        """A descriptor in pass_fds is the same open file, under the same number, in the task."""
+        ours, theirs = socket.socketpair()
+        try:
+            ours.sendall(b"through the mold")
+            number = theirs.fileno()
+            with ForkPerTaskExecutor(1, mold=mold, close_fds=True, pass_fds=[number]) as ex:
+                assert ex.submit(_read_fd, number).result(timeout=20) == b"through the mold"
+        finally:
+            ours.close()
+            theirs.close()
+
+    def test_the_preload_is_imported_in_the_mold(self):
+        """Mold(preload=[...]) imports those modules once, in the mold; tasks find them."""
+        with Mold(preload=["decimal"]) as mold, ForkPerTaskExecutor(1, mold=mold) as ex:
+            assert "decimal" in ex.submit(_module_names).result(timeout=20)
+
+    def test_a_preload_that_fails_names_the_module(self):
+        """A preload that cannot be imported fails Mold() with the import's traceback."""
+        with pytest.raises(forkpool.MoldError, match="no_such_module_for_forkpool"):
+            Mold(preload=["no_such_module_for_forkpool"])
+
+    def test_preload_must_be_names(self):
+        """preload takes an iterable of module names; a bare string is a TypeError."""
+        with pytest.raises(TypeError, match="iterable of module names"):
+            Mold(preload="numpy")  # type: ignore[arg-type]
+
+    def test_one_mold_serves_several_executors(self, mold):
+        """Two executors on one mold: both run their tasks there."""
+        with (
+            ForkPerTaskExecutor(1, mold=mold) as first,
+            ForkPerTaskExecutor(1, mold=mold) as second,
+        ):
+            futures = [first.submit(_parent_and_self), second.submit(_parent_and_self)]
+            assert {f.result(timeout=20)[0] for f in futures} == {mold.pid}
+
+    def test_a_forkserver_context_makes_the_executor_its_own_mold(self):
+        """mp_context=get_context("forkserver"): children of a mold the executor owns."""
+        context = multiprocessing.get_context("forkserver")
+        with ForkPerTaskExecutor(1, mp_context=context) as ex:
+            parent, _ = ex.submit(_parent_and_self).result(timeout=60)
+        assert parent != os.getpid()
+        wait_gone(parent, 10)  # closed with the executor
+
+
+class TestMoldDeath:
+    def test_a_dead_molds_tasks_fail_naming_it_and_a_new_mold_serves(self, tmp_path):
+        """kill -9 of the mold: its running task fails naming the mold; the next runs."""
+        with Mold(preload=()) as mold, ForkPerTaskExecutor(1, mold=mold) as ex:
+            first_pid = mold.pid
+            future = ex.submit(_announce_and_sleep, str(tmp_path / "a"))
+            wait_for((tmp_path / "a").exists, 20)
+            child = int((tmp_path / "a").read_text())
+            os.kill(first_pid, signal.SIGKILL)
+            with pytest.raises(ChildDiedError, match=rf"its mold, pid {first_pid}, died"):
+                future.result(timeout=20)
+            wait_gone(child, 10)
+            parent, _ = ex.submit(_parent_and_self).result(timeout=30)
+            assert parent == mold.pid != first_pid
+
+    def test_a_closed_mold_fails_tasks_clearly(self):
+        """After close(), a task for the mold fails with an error naming it closed."""
+        mold = Mold(preload=())
+        mold.close()
+        with ForkPerTaskExecutor(1, mold=mold) as ex, pytest.raises(OSError, match="closed"):
+            ex.submit(os.getpid).result(timeout=20)
+
+
+_DIES_WITH_ITS_MAKER = """
+import os, sys, time
+from pathlib import Path
+import forkpool
+
+def nap(path):
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(60)
+
+mold = forkpool.Mold(preload=())
+ex = forkpool.ForkPerTaskExecutor(1, mold=mold)
+ex.submit(nap, sys.argv[1])
+print(mold.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_mold_and_its_children_die_with_the_executors_process(tmp_path):
+    """kill -9 of the process that made the mold: the mold and its task's child go."""
+    path = tmp_path / "child"
+    script = start_script(_DIES_WITH_ITS_MAKER.replace("sys.argv[1]", repr(str(path))))
+    try:
+        mold_pid = int(script.stdout.readline())  # type: ignore[union-attr]
+        wait_for(path.exists, 20)
+        child = int(path.read_text())
+        script.kill()
+        script.wait(10)
+        wait_gone(mold_pid, 10)
+        wait_gone(child, 10)
+    finally:
+        script.kill()
+        script.communicate(timeout=10)
+
+
+_FORKED_EARLY_AND_LATE = """
+import threading, warnings, forkpool
+warnings.simplefilter("error")
+early = forkpool.Mold.fork()  # one thread: no warning
+stop = threading.Event()
+worker = threading.Thread(target=stop.wait, name="app-worker")
+worker.start()
+try:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        late = forkpool.Mold.fork()
+    print([str(w.message) for w in caught])
+finally:
+    stop.set()
+    worker.join()
+    early.close()
+    late.close()
+"""
+
+
+def test_a_mold_forked_late_warns_naming_the_threads():
+    """Mold.fork() with one thread is silent; with another thread it warns, naming it."""
+    completed = run_script(_FORKED_EARLY_AND_LATE, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert "app-worker" in completed.stdout
+    assert "2 threads" in completed.stdout
+
+
+def test_no_fork_happens_in_a_multithreaded_process():
+    """20 busy threads here: every task's forking process (the mold) has one thread."""
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    threads = [threading.Thread(target=busy, name=f"busy-{n}") for n in range(20)]
+    for thread in threads:
+        thread.start()
+    try:
+        with Mold(preload=()) as mold, ForkPerTaskExecutor(2, mold=mold) as ex:
+            counts = [ex.submit(_forking_process_threads).result(timeout=20) for _ in range(20)]
+        assert _threads_of(os.getpid()) >= 21
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert counts == [1] * 20

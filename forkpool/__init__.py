@@ -19,10 +19,10 @@ from forkpool._options import options
 from forkpool._per_process import PerProcessExecutor
 from forkpool._progress import report_progress
 from forkpool._usage import ResourceUsage
-from forkpool._version import __version__
 
 if TYPE_CHECKING:
     from forkpool._reaper import kill_all
+    from forkpool._version import __version__
 
 __all__ = [
     "ChildDiedError",
@@ -46,6 +46,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
+    if name == "__version__":
+        # Read from the installed metadata on first use: importlib.metadata is a large
+        # import, which every process importing forkpool (a mold too) would pay for.
+        from forkpool._version import __version__  # noqa: PLC0415
+
+        globals()["__version__"] = __version__
+        return __version__
     # kill_all is Redis's: importing it imports redis-py, which a process without
     # Redis tracking should not carry (see forkpool._tracking).
     if name == "kill_all":

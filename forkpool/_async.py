@@ -8,9 +8,9 @@ Cancelling the awaiting task cancels the future, which stops the child.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
+import sys
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -51,10 +51,10 @@ async def wait_for_future(future: Future[T], *, cancel: bool = True) -> T:
     try:
         if _async_library() == "trio":
             await _wait_trio(future)
-        elif cancel:
-            await asyncio.wrap_future(future)
         else:
-            await asyncio.wrap_future(_stand_in(future))
+            import asyncio  # noqa: PLC0415 - loaded already: this runs in its event loop
+
+            await asyncio.wrap_future(future if cancel else _stand_in(future))
     except BaseException:
         if cancel:
             future.cancel()
@@ -96,7 +96,12 @@ def _async_library() -> str:
     else:
         with contextlib.suppress(sniffio.AsyncLibraryNotFoundError):
             return str(sniffio.current_async_library())
+    # Not imported here: a program that never loaded asyncio runs no asyncio loop
+    # (and forkpool's import, which molds pay for, stays small).
+    asyncio = sys.modules.get("asyncio")
     try:
+        if asyncio is None:
+            raise RuntimeError
         asyncio.get_running_loop()
     except RuntimeError:
         msg = "forkpool's async helpers must be awaited in an asyncio or trio event loop"

@@ -423,10 +423,19 @@ class TestShutdown:
         assert forked == [], f"forked after SIGQUIT: {forked}"
         assert took < 8
 
-    def test_after_sigkill_of_the_worker_its_leftovers_are_stopped(self, server, tmp_path):
-        """A SIGKILLed worker's child dies with it; the next worker stops what the child started."""
+    @pytest.mark.parametrize("fork_from", ["worker", "mold"])
+    def test_after_sigkill_of_the_worker_its_leftovers_are_stopped(
+        self, server, tmp_path, fork_from
+    ):
+        """A SIGKILLed worker's child dies with it; the next worker stops what the child started.
+
+        With a mold, the mold is SIGKILLed first: left alone, it would stop the
+        child's process group itself when the worker dies.
+        """
         name = _name()
-        first = CeleryWorker(tmp_path, broker=server, backend=server, tracking=server)
+        first = CeleryWorker(
+            tmp_path, broker=server, backend=server, tracking=server, fork_from=fork_from
+        )
         host = _node(first)
         with first:
             client = first.client()
@@ -434,6 +443,8 @@ class TestShutdown:
             facts = first.report(f"{name}-started")
             # Tracking is written behind the task, never before it: let it land.
             wait_for(lambda: _tracked(server, first, host) == 1, 10, "the child's entry")
+            if fork_from == "mold":
+                os.kill(first.forking_pid, signal.SIGKILL)
             first.signal(signal.SIGKILL)
             first.wait(10)
             wait_gone(facts["pid"], 5)  # the parent-death signal
@@ -448,6 +459,7 @@ class TestShutdown:
                 node=first.node,
                 prefix=first.prefix,
                 queue=first.queue,
+                fork_from=fork_from,
             )
             with second:
                 wait_gone(facts["grandchild"], 20)

@@ -54,7 +54,10 @@ async def wait_for_future(future: Future[T], *, cancel: bool = True) -> T:
         else:
             import asyncio  # noqa: PLC0415 - loaded already: this runs in its event loop
 
-            await asyncio.wrap_future(future if cancel else _stand_in(future))
+            if cancel:
+                await asyncio.wrap_future(future)
+            else:
+                await asyncio.wrap_future(_stand_in(future))
     except BaseException:
         if cancel:
             future.cancel()
@@ -99,11 +102,11 @@ def _async_library() -> str:
     # Not imported here: a program that never loaded asyncio runs no asyncio loop
     # (and forkpool's import, which molds pay for, stays small).
     asyncio = sys.modules.get("asyncio")
+    msg = "forkpool's async helpers must be awaited in an asyncio or trio event loop"
+    if asyncio is None:
+        raise RuntimeError(msg)
     try:
-        if asyncio is None:
-            raise RuntimeError
         asyncio.get_running_loop()
     except RuntimeError:
-        msg = "forkpool's async helpers must be awaited in an asyncio or trio event loop"
         raise RuntimeError(msg) from None
     return "asyncio"

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from celery import Celery, signals
 from celery.exceptions import SoftTimeLimitExceeded
@@ -149,6 +150,12 @@ def holds_a_grandchild(name: str) -> None:
     grandchild = subprocess.Popen(["sleep", "300"])
     report(f"{name}-started", pid=os.getpid(), grandchild=grandchild.pid)
     time.sleep(300)
+
+
+@app.task(base=forkpool.celery.ForkedTask, bind=True)
+def forked_request(self: Any, n: int) -> dict[str, Any]:
+    """What a ForkedTask's body sees of its request, and who forked it."""
+    return {"id": self.request.id, "n": n, "pid": os.getpid(), "ppid": os.getppid()}
 
 
 @app.task(base=forkpool.celery.ForkedTask)

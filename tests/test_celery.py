@@ -516,6 +516,17 @@ def _warm_shutdown_hands_on_what_was_not_forked(first, client, name, tmp_path):
 
 
 class TestForkedTask:
+    def test_under_threads_the_body_is_forked_from_a_mold(self, server, tmp_path):
+        """Threads pool: the body runs in a mold's child, under its own request."""
+        worker = CeleryWorker(tmp_path, broker=server, backend=server, pool="threads")
+        with worker:
+            result = worker.client().send_task("celery_app.forked_request", args=(7,))
+            facts = result.get(timeout=60)
+            mold = worker.forking_pid
+        assert mold != worker.pid
+        assert facts["ppid"] == mold
+        assert (facts["id"], facts["n"]) == (result.id, 7)
+
     def test_under_prefork_the_pool_process_keeps_no_memory(self, server, tmp_path):
         """A ForkedTask's body runs in a fork of the prefork process, which stays its size."""
         worker = CeleryWorker(tmp_path, broker=server, backend=server, pool="prefork")

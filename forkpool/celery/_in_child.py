@@ -87,6 +87,24 @@ def job(
     return functools.partial(run, node_name, fn, *args, **kwargs)
 
 
+def run_forked_task(
+    node_name: str | None,
+    name: str,
+    request: dict[str, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """In a mold's child: a ForkedTask's body, under the request it was called with."""
+    from celery import current_app  # noqa: PLC0415 - the mold made the app current
+
+    task = current_app.tasks[name]
+    task.push_request(**request)
+    try:
+        return run(node_name, task, *args, **kwargs)  # in a task's child: the body in place
+    finally:
+        task.pop_request()
+
+
 def setup_logging(app: Celery, node_name: str | None) -> None:
     """Logging as a prefork child sets it up, from what the worker left in the environment."""
     logfile = os.environ.get("CELERY_LOG_FILE") or None

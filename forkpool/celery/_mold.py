@@ -103,3 +103,6 @@ def prepare(module_name: str, attribute: str, node_name: str | None) -> None:
     # Made here, once: each child then finds it made (its connections are the
     # child's own, opened after fork).
     _ = app.backend
+    # A connection to a host by name encodes the name with the idna codec, imported
+    # on first use: by each child, were it not imported here.
+    "localhost".encode("idna")

@@ -24,13 +24,16 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Final
 
+import attrs
+import cloudpickle
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 
+from forkpool import _linux
 from forkpool._errors import ChildDiedError, TaskTimeoutError
+from forkpool._executor import ForkPerTaskExecutor
 from forkpool._options import options
-from forkpool._per_process import PerProcessExecutor
-from forkpool.celery import _in_child, _settings
+from forkpool.celery import _in_child, _mold, _settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -51,7 +54,9 @@ _AHEAD_OF_POOL: Final = 0.25
 # The pool bounds how many tasks run at once; forkpool must never queue one more.
 _SLOTS: Final = 1024
 
-_executors: weakref.WeakKeyDictionary[Celery, PerProcessExecutor] = weakref.WeakKeyDictionary()
+# Per app, per process (a prefork child makes its own): a mold belongs to one process.
+_executors: weakref.WeakKeyDictionary[Celery, dict[int, _Executor]] = weakref.WeakKeyDictionary()
+FORK_FROM_SETTING: Final = "forkpool_forked_task_fork_from"
 _executors_lock = threading.Lock()
 os.register_at_fork(after_in_child=lambda: globals().update(_executors_lock=threading.Lock()))
 
@@ -71,10 +76,18 @@ class ForkedTask(_AnyTask):
             return body(*args, **kwargs)
         hard, soft = _time_limits(self)
         node_name = self.request.hostname
-        run: Callable[[], Any] = functools.partial(_in_child.run, node_name, body, *args, **kwargs)
+        executor = _executor(self.app, node_name)
+        run: Callable[[], Any]
+        if executor.in_mold:
+            # Only the task's name and request travel: the mold has the app.
+            run = functools.partial(
+                _in_child.run_forked_task, node_name, self.name, _request(self), args, kwargs
+            )
+        else:
+            run = functools.partial(_in_child.run, node_name, body, *args, **kwargs)
         if hard is not None:
             run = options(timeout=hard - min(_AHEAD_OF_POOL, hard / 4))(run)
-        future = _executor(self.app, node_name).submit(run)
+        future = executor.submit(run)
         _wait(future, soft)
         try:
             return future.result()
@@ -114,23 +127,69 @@ def _time_limits(task: _AnyTask) -> tuple[float | None, float | None]:
     )
 
 
-def _executor(app: Celery, node_name: str | None) -> PerProcessExecutor:
-    """The app's executor for ForkedTasks, made on first use."""
+@attrs.frozen
+class _Executor:
+    """This process's executor for an app's ForkedTasks, and where it forks from."""
+
+    executor: ForkPerTaskExecutor
+    in_mold: bool
+
+    def submit(self, fn: Callable[[], Any]) -> ForkFuture[Any]:
+        return self.executor.submit(fn)
+
+
+def _executor(app: Celery, node_name: str | None) -> _Executor:
+    """The app's executor for ForkedTasks in this process, made on first use."""
+    pid = os.getpid()
     with _executors_lock:
-        executor = _executors.get(app)
+        made = _executors.setdefault(app, {})
+        executor = made.get(pid)
         if executor is None:
             kwargs = _settings.executor_kwargs(app, node_name=node_name)
+            mold = _mold.make(app, node_name) if _forks_from_mold(app) else None
             try:
-                executor = _executors[app] = PerProcessExecutor(
-                    max_workers=_SLOTS,
-                    child_post_fork=functools.partial(_enter_child, node_name),
-                    **kwargs,
+                executor = made[pid] = _Executor(
+                    ForkPerTaskExecutor(
+                        max_workers=_SLOTS,
+                        child_post_fork=functools.partial(_in_child.enter_hook, node_name),
+                        mold=mold,
+                        **kwargs,
+                    ),
+                    in_mold=mold is not None,
                 )
             except (TypeError, ValueError) as exc:
+                if mold is not None:
+                    mold.close()
                 raise _settings.explain(exc) from exc
     return executor
 
 
-def _enter_child(node_name: str | None, fn: object, args: object, kwargs: object) -> None:
-    del fn, args, kwargs
-    _in_child.enter(node_name)
+def _forks_from_mold(app: Celery) -> bool:
+    """``forkpool_forked_task_fork_from``: "auto" (a mold if this process has threads)."""
+    choice = app.conf.get(FORK_FROM_SETTING) or "auto"
+    if choice not in {"auto", "mold", "worker"}:
+        msg = (
+            f"Celery setting {FORK_FROM_SETTING} must be 'auto', 'mold' or 'worker', got {choice!r}"
+        )
+        raise ValueError(msg)
+    if choice == "auto":
+        # The threads pool (or an application's threads): a fork would copy their locks.
+        return _linux.thread_count() > 1
+    return bool(choice == "mold")
+
+
+def _request(task: _AnyTask) -> dict[str, Any]:
+    """The task's request as its body would see it, for a mold's child to push.
+
+    What does not pickle (rare: objects a custom request class added) is left out.
+    """
+    request: dict[str, Any] = {}
+    for name, value in vars(task.request).items():
+        if name.startswith("_"):
+            continue
+        try:
+            cloudpickle.dumps(value)
+        except Exception:  # noqa: BLE001, S112 - left out, as the docstring says
+            continue
+        request[name] = value
+    return request

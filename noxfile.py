@@ -121,7 +121,8 @@ NEWEST = AVAILABLE[-1] if AVAILABLE else None
 # fork's warning filter, hundreds of threads logging while tasks fork): what they
 # guard differs at the ends of the range (3.11's warnings, the lock 3.14 added, the
 # exception 3.15 raises), and on the Pythons before 3.14 the GIL makes them several
-# times slower. Everything else -- fork and signals, interpreter exit, CPython's own
+# times slower. The mold tests that start fresh interpreters or scripts are ``slow`` too.
+# Everything else -- fork and signals, interpreter exit, CPython's own
 # executor tests of 3.13 and later -- runs on every Python. Five Pythons keep CI
 # under 25 minutes this way.
 OLDEST = AVAILABLE[0] if AVAILABLE else None
@@ -140,9 +141,8 @@ def _group(name: str) -> tuple[str, ...]:
     return nox.project.dependency_groups(PYPROJECT, name)
 
 
-# The task tests run a second time with every child forked from a mold (``--mold``):
-# on the newest Python and on 3.12, the first to warn about forking threaded
-# processes (tests/test_mold.py itself runs on every Python).
+# The task tests run a second time with every child forked from a mold (``--mold``),
+# on the newest Python (tests/test_mold.py itself runs on every Python).
 MOLD_TESTS = [
     "tests/test_executor.py",
     "tests/test_outcomes.py",
@@ -153,7 +153,7 @@ MOLD_TESTS = [
     "tests/test_faults.py",
     "tests/test_redis.py",
 ]
-MOLD_PYTHONS = {NEWEST, "3.12"}
+MOLD_PYTHONS = {NEWEST}
 
 
 @nox.session(python=PYTHONS)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import warnings
 from typing import TYPE_CHECKING, Any, Final
 
 from joblib import register_parallel_backend
@@ -177,18 +178,16 @@ class _ThreadLimit:
     """How many threads each native pool may use in a child, and how to apply it there."""
 
     def __init__(self, threads: int) -> None:
-        try:
-            from threadpoolctl import ThreadpoolController  # noqa: PLC0415 - only if it is used
-        except ImportError as exc:
-            msg = (
-                "the forkpool backend limits the children's BLAS and OpenMP threads with "
-                "threadpoolctl, which is not installed: pip install 'forkpool[joblib]'"
-            )
-            raise ImportError(msg) from exc
         self.threads = threads
         # Made in the parent, which has loaded the libraries: the child inherits the
         # handles and only sets the limits (a few C calls, not a library scan).
-        self._controller = ThreadpoolController()
+        self._controller: Any = None
+        try:
+            from threadpoolctl import ThreadpoolController  # noqa: PLC0415 - only if used
+        except ImportError:
+            _warn_once_without_threadpoolctl()
+        else:
+            self._controller = ThreadpoolController()
 
     @classmethod
     def for_children(cls, inner_max_num_threads: int | None, n_jobs: int) -> _ThreadLimit | None:
@@ -205,8 +204,26 @@ class _ThreadLimit:
         """In the child: limit the pools (and what the child starts), then the batch."""
         for var in ParallelBackendBase.MAX_NUM_THREADS_VARS:
             os.environ[var] = str(self.threads)
-        self._controller.limit(limits=self.threads)
+        if self._controller is not None:
+            self._controller.limit(limits=self.threads)
         return func()
+
+
+_warned_without_threadpoolctl = False
+
+
+def _warn_once_without_threadpoolctl() -> None:
+    global _warned_without_threadpoolctl  # noqa: PLW0603 - once per process
+    if _warned_without_threadpoolctl:
+        return
+    _warned_without_threadpoolctl = True
+    warnings.warn(
+        "forkpool's joblib backend limits the children's BLAS and OpenMP threads with "
+        "threadpoolctl, which is not installed: only the environment variables are set, "
+        "which libraries loaded before the fork ignore. pip install 'forkpool[joblib]'",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 register_parallel_backend("forkpool", ForkpoolBackend)

@@ -165,11 +165,13 @@ class TestFreshMold:
             ours.close()
             theirs.close()
 
+    @pytest.mark.slow  # starts fresh interpreters (see the noxfile)
     def test_the_preload_is_imported_in_the_mold(self):
         """Mold(preload=[...]) imports those modules once, in the mold; tasks find them."""
         with Mold(preload=["decimal"]) as mold, ForkPerTaskExecutor(1, mold=mold) as ex:
             assert "decimal" in ex.submit(_module_names).result(timeout=20)
 
+    @pytest.mark.slow  # starts fresh interpreters (see the noxfile)
     def test_a_preload_that_fails_names_the_module(self):
         """A preload that cannot be imported fails Mold() with the import's traceback."""
         with pytest.raises(forkpool.MoldError, match="no_such_module_for_forkpool"):
@@ -189,6 +191,7 @@ class TestFreshMold:
             futures = [first.submit(_parent_and_self), second.submit(_parent_and_self)]
             assert {f.result(timeout=20)[0] for f in futures} == {mold.pid}
 
+    @pytest.mark.slow  # starts fresh interpreters (see the noxfile)
     def test_a_forkserver_context_makes_the_executor_its_own_mold(self):
         """mp_context=get_context("forkserver"): children of a mold the executor owns."""
         context = multiprocessing.get_context("forkserver")
@@ -199,6 +202,7 @@ class TestFreshMold:
 
 
 class TestMoldDeath:
+    @pytest.mark.slow  # starts fresh interpreters (see the noxfile)
     def test_a_dead_molds_tasks_fail_naming_it_and_a_new_mold_serves(self, tmp_path):
         """kill -9 of the mold: its running task fails naming the mold; the next runs."""
         with Mold(preload=()) as mold, ForkPerTaskExecutor(1, mold=mold) as ex:
@@ -213,6 +217,7 @@ class TestMoldDeath:
             parent, _ = ex.submit(_parent_and_self).result(timeout=30)
             assert parent == mold.pid != first_pid
 
+    @pytest.mark.slow  # starts fresh interpreters (see the noxfile)
     def test_a_closed_mold_fails_tasks_clearly(self):
         """After close(), a task for the mold fails with an error naming it closed."""
         mold = Mold(preload=())
@@ -238,6 +243,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.slow  # starts fresh interpreters (see the noxfile)
 def test_the_mold_and_its_children_die_with_the_executors_process(tmp_path):
     """kill -9 of the process that made the mold: the mold and its task's child go."""
     path = tmp_path / "child"
@@ -275,6 +281,7 @@ finally:
 """
 
 
+@pytest.mark.slow  # starts fresh interpreters (see the noxfile)
 def test_a_mold_forked_late_warns_naming_the_threads():
     """Mold.fork() with one thread is silent; with another thread it warns, naming it."""
     completed = run_script(_FORKED_EARLY_AND_LATE, timeout=60)
@@ -283,7 +290,7 @@ def test_a_mold_forked_late_warns_naming_the_threads():
     assert "2 threads" in completed.stdout
 
 
-def test_no_fork_happens_in_a_multithreaded_process():
+def test_no_fork_happens_in_a_multithreaded_process(mold):
     """20 busy threads here: every task's forking process (the mold) has one thread."""
     stop = threading.Event()
 
@@ -295,7 +302,7 @@ def test_no_fork_happens_in_a_multithreaded_process():
     for thread in threads:
         thread.start()
     try:
-        with Mold(preload=()) as mold, ForkPerTaskExecutor(2, mold=mold) as ex:
+        with ForkPerTaskExecutor(2, mold=mold) as ex:
             counts = [ex.submit(_forking_process_threads).result(timeout=20) for _ in range(20)]
         assert _threads_of(os.getpid()) >= 21
     finally:

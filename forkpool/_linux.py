@@ -188,14 +188,3 @@ def thread_count() -> int:
         return len(os.listdir("/proc/self/task"))  # noqa: PTH208 - a count, no paths
     except OSError:
         return 0
-
-
-def process_state(pid: int) -> str | None:
-    """The state letter of ``/proc/<pid>/stat`` (R, S, Z...); None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:  # noqa: PTH123 - one small read
-            raw = stat.read()
-    except OSError:
-        return None
-    fields = raw.rpartition(b")")[2].split()
-    return fields[0].decode() if fields else None

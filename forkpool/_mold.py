@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import attrs
 import cloudpickle
 
-from forkpool import _fork, _linux, _mold_process, _quiet_fork
+from forkpool import _fork, _linux, _mold_process, _procfs, _quiet_fork
 from forkpool._errors import MoldError
 from forkpool._options import require_callable
 from forkpool._spawn import Reaped
@@ -484,7 +484,10 @@ class MoldSpawner:
 
     def running(self, pid: int) -> bool:
         """Not exited: the mold reaps only when asked, so exited means a zombie."""
-        return self.unreaped(pid) and _linux.process_state(pid) not in (None, "Z", "X")
+        if not self.unreaped(pid):
+            return False
+        stat = _procfs.read_stat(pid)
+        return stat is not None and stat.state not in {"Z", "X"}
 
     def unreaped(self, pid: int) -> bool:
         """Its mold is the one alive: only then are the pid and group still the child's."""

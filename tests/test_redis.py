@@ -494,48 +494,29 @@ class TestOutages:
 
 
 class TestReaper:
-    @pytest.mark.parametrize("keep_child", [False, True], ids=["child-died", "child-survived"])
+    @pytest.mark.parametrize(
+        ("keep_child", "mold"),
+        [(False, False), (True, False), (True, True)],
+        ids=["child-died", "child-survived", "mold-killed-too"],
+    )
     def test_orphans_of_a_killed_parent_are_reaped(
-        self, redis_url, client, prefix, tmp_path, keep_child
+        self, redis_url, client, prefix, tmp_path, *, keep_child, mold
     ):
-        """After a parent's SIGKILL, another executor stops its orphans and drops the entry."""
+        """After a parent's SIGKILL (and its mold's), another executor stops its orphans."""
         pid_file = tmp_path / "pids"
         parent = start_script(
-            orphan_script(redis_url, prefix, HOST, pid_file, keep_child=keep_child)
+            orphan_script(redis_url, prefix, HOST, pid_file, keep_child=keep_child, mold=mold)
         )
         try:
+            ready = parent.stdout.readline().split()
             pids = read_pids(pid_file)
             wait_for(lambda: _entries(client, prefix), 5, "the entry")
+            if mold:
+                os.kill(int(ready[1]), signal.SIGKILL)  # no mold left to stop its children
             parent.kill()
             parent.wait(timeout=10)
             if keep_child:
                 assert is_running(pids["child"])
-            with ForkPerTaskExecutor(1, redis=redis_url, key_prefix=prefix, host=HOST, **FAST):
-                wait_gone(pids["grandchild"], timeout=5)
-                wait_gone(pids["child"], timeout=5)
-                wait_for(lambda: not _entries(client, prefix), 5, "the entry to go")
-        finally:
-            parent.kill()
-            parent.wait(timeout=10)
-            parent.stdout.close()
-            parent.stderr.close()
-
-    def test_orphans_of_a_killed_parent_and_mold_are_reaped(
-        self, redis_url, client, prefix, tmp_path
-    ):
-        """kill -9 of the parent and of its mold at once: another executor stops the orphans."""
-        pid_file = tmp_path / "pids"
-        parent = start_script(
-            orphan_script(redis_url, prefix, HOST, pid_file, keep_child=True, mold=True)
-        )
-        try:
-            mold_pid = int(parent.stdout.readline().split()[1])
-            pids = read_pids(pid_file)
-            wait_for(lambda: _entries(client, prefix), 5, "the entry")
-            os.kill(mold_pid, signal.SIGKILL)  # no mold left to stop its children
-            parent.kill()
-            parent.wait(timeout=10)
-            assert is_running(pids["child"])
             with ForkPerTaskExecutor(1, redis=redis_url, key_prefix=prefix, host=HOST, **FAST):
                 wait_gone(pids["grandchild"], timeout=5)
                 wait_gone(pids["child"], timeout=5)

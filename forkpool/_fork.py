@@ -159,17 +159,50 @@ class Forker:
         Raises:
             OSError: fork() failed (EAGAIN when out of processes, ENOMEM).
         """
-        if self._thread_mask is None:
-            msg = "Forker.adopt_thread() must be called in the forking thread first"
-            raise RuntimeError(msg)
-        spares = self._spare_stdio()
-        _flush_before_fork(spares)
+        assignment = self.assignment(task, read_fd, write_fd, pipe_owner)
+        return self._fork(assignment, close_in_child, siblings)
+
+    def fork_spare(
+        self,
+        wait_for_task: Callable[[], Assignment | None],
+        close_in_child: Iterable[int],
+        siblings: Container[int] = (),
+    ) -> int:
+        """Fork a child that settles in, then waits for its task; return its pid.
+
+        In the child, ``wait_for_task()`` blocks until the task comes (see
+        :meth:`assignment`); None makes the child exit quietly. The fork and
+        everything a child does before it knows its task are then off the task's
+        path. Same rules as :meth:`fork`.
+
+        Raises:
+            OSError: fork() failed.
+        """
+        return self._fork(wait_for_task, close_in_child, siblings)
+
+    def assignment(
+        self, task: ChildTask, read_fd: int, write_fd: int, pipe_owner: int | None = None
+    ) -> Assignment:
+        """What a child needs to run ``task``: see :meth:`fork` for the arguments."""
         channel = make_channel(
             write_fd, self._parent_pid if pipe_owner is None else pipe_owner, read_fd
         )
         name = None
         if task.task_id is not None:
             name = _linux.comm_name(_procfs.comm_marker(task.task_id))
+        return Assignment(task, channel, name)
+
+    def _fork(
+        self,
+        assignment: Assignment | Callable[[], Assignment | None],
+        close_in_child: Iterable[int],
+        siblings: Container[int],
+    ) -> int:
+        if self._thread_mask is None:
+            msg = "Forker.adopt_thread() must be called in the forking thread first"
+            raise RuntimeError(msg)
+        spares = self._spare_stdio()
+        _flush_before_fork(spares)
         # Warnings' lock before logging's (see _quiet_fork).
         filters_held = _quiet_fork.hold_filters()
         try:
@@ -181,14 +214,12 @@ class Forker:
                     signal_mask=self._thread_mask,
                     stream_swaps=spares.swaps(locks.handlers),
                     busy_handlers=locks.busy,
-                    channel=channel,
                     close_fds=tuple(close_in_child),
-                    name=name,
                 )
                 pid = _quiet_fork.fork(siblings)
                 if pid == 0:
                     _quiet_fork.release_filters(filters_held)
-                    _run_child(task, setup)
+                    _run_child(setup, assignment)
             finally:
                 # Only the parent gets here; the child leaves through os._exit and
                 # logging re-initializes these locks in it.
@@ -300,6 +331,15 @@ def _fresh_text_stream(like: io.TextIOWrapper, fd: int) -> io.TextIOWrapper:
     )
 
 
+@attrs.frozen
+class Assignment:
+    """What makes a child a task's: the task, its result channel, its kernel name."""
+
+    task: ChildTask
+    channel: Channel
+    name: bytes | None
+
+
 @attrs.define
 class _ChildSetup:
     """What the parent prepared, before fork, for the child to apply after it."""
@@ -309,39 +349,48 @@ class _ChildSetup:
     signal_mask: tuple[int, ...]
     stream_swaps: tuple[_StreamSwap, ...]
     busy_handlers: list[logging.Handler]
-    channel: Channel
     close_fds: tuple[int, ...]
-    name: bytes | None
 
 
-def _run_child(task: ChildTask, setup: _ChildSetup) -> NoReturn:
+def _run_child(
+    setup: _ChildSetup, assignment: Assignment | Callable[[], Assignment | None]
+) -> NoReturn:
     status = EXIT_UNREPORTED
     try:
-        _settle_in(task, setup)
-        try:
-            if task.memory_limit is not None:
-                _cap_memory(task.memory_limit)
-            if task.child_post_fork is not None:
-                task.child_post_fork(task.fn, task.args, task.kwargs)
-            if task.initializer is not None:
-                task.initializer(*task.initargs)
-            value = task.fn(*task.args, **task.kwargs)
-        except BaseException as exc:  # noqa: BLE001 - SystemExit and friends are outcomes too
-            if not in_forked_child(setup.channel):
-                _leave_as_helper(exc)
-            outcome = Outcome(Kind.RAISED, encode_exception(exc))
-        else:
-            if not in_forked_child(setup.channel):
-                _leave_as_helper(None)
-            outcome = encode_result(value)
-            del value
-        setup.channel.send_outcome(outcome, time.monotonic())
+        _settle_in(setup)
+        # A spare's task comes now, or never (None).
+        job = assignment if isinstance(assignment, Assignment) else assignment()
+        if job is not None:
+            _take_on(job)
+            _run_task(job.task, job.channel)
         status = 0
     except BaseException:  # noqa: BLE001, S110 - nothing may escape a child; the parent sees the status
         pass
     finally:
         _flush_stdio()
         os._exit(status)
+
+
+def _run_task(task: ChildTask, channel: Channel) -> None:
+    """Hooks, initializer, the task; its outcome sent (raises only if that fails)."""
+    try:
+        if task.memory_limit is not None:
+            _cap_memory(task.memory_limit)
+        if task.child_post_fork is not None:
+            task.child_post_fork(task.fn, task.args, task.kwargs)
+        if task.initializer is not None:
+            task.initializer(*task.initargs)
+        value = task.fn(*task.args, **task.kwargs)
+    except BaseException as exc:  # noqa: BLE001 - SystemExit and friends are outcomes too
+        if not in_forked_child(channel):
+            _leave_as_helper(exc)
+        outcome = Outcome(Kind.RAISED, encode_exception(exc))
+    else:
+        if not in_forked_child(channel):
+            _leave_as_helper(None)
+        outcome = encode_result(value)
+        del value
+    channel.send_outcome(outcome, time.monotonic())
 
 
 def _leave_as_helper(error: BaseException | None) -> NoReturn:
@@ -365,12 +414,9 @@ def _leave_as_helper(error: BaseException | None) -> NoReturn:
     os._exit(status)
 
 
-def _settle_in(task: ChildTask, setup: _ChildSetup) -> None:
-    """In the child, before the task: detach from the parent's process state."""
-    install_channel(setup.channel)
+def _settle_in(setup: _ChildSetup) -> None:
+    """In the child, first: detach from the parent's process state."""
     _become_independent(setup)
-    if task.task_id is not None and setup.name is not None:
-        _mark(task.task_id, setup.name)
     for fd in setup.close_fds:
         try:
             os.close(fd)
@@ -380,8 +426,16 @@ def _settle_in(task: ChildTask, setup: _ChildSetup) -> None:
         swap.apply()
     if setup.busy_handlers:
         _give_fresh_streams(setup.busy_handlers)
+
+
+def _take_on(assignment: Assignment) -> None:
+    """In the child, once its task is known: become that task's process."""
+    install_channel(assignment.channel)
+    task = assignment.task
+    if task.task_id is not None and assignment.name is not None:
+        _mark(task.task_id, assignment.name)
     if task.keep_fds is not None:
-        neutralize_inherited_fds({0, 1, 2, setup.channel.fd, *task.keep_fds})
+        neutralize_inherited_fds({0, 1, 2, assignment.channel.fd, *task.keep_fds})
 
 
 def neutralize_inherited_fds(keep: set[int]) -> None:

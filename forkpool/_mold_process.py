@@ -15,6 +15,10 @@ Facts this loop is built on:
   gone (or closed it), and it kills each child's process group and exits.
 * Its children die with it (``PR_SET_PDEATHSIG``, set in each child, fires when the
   mold's one thread exits).
+* It forks one child ahead, a spare, whenever it has nothing else to do. The spare
+  settles in (signals, streams, process group: all that needs no task) and waits
+  for a task on a socket of its own; a SPAWN hands it the task. A task's latency
+  then holds no fork at all. A spare found dead is replaced by a plain fork.
 """
 
 from __future__ import annotations
@@ -24,12 +28,15 @@ import fcntl
 import gc
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
 import sys
 import traceback
 from typing import TYPE_CHECKING, Any, Final, NoReturn
+
+import attrs
 
 from forkpool import _fork, _linux, _procfs
 
@@ -46,6 +53,8 @@ MAX_FDS: Final = 253
 # The first descriptor number a task's passed descriptors are parked at in the
 # child, above the numbers they must end up at.
 _PARK_FROM: Final = 100
+# A spare's name (/proc/<pid>/comm) until its task's marks it.
+_SPARE_NAME: Final = b"fp-spare"
 
 
 def send(sock: socket.socket, kind: int, body: object, fds: tuple[int, ...] = ()) -> None:
@@ -85,20 +94,34 @@ def _close_all(fds: list[int]) -> None:
             os.close(fd)
 
 
+@attrs.define
+class _Spare:
+    """A child forked ahead, waiting on ``sock`` for a task."""
+
+    pid: int
+    sock: socket.socket
+
+
 def serve(sock: socket.socket) -> NoReturn:
     """The mold's life: fork on SPAWN, reap on REAP, until end of file."""
     _linux.set_name(_linux.comm_name(_procfs.MOLD_COMM))  # see the reaper
     forker = _fork.Forker()
     forker.adopt_thread()
     children: set[int] = set()
+    spare: _Spare | None = None
     # Whatever setup allocated stays put: children's cycle collections skip it.
     gc.collect()
     gc.freeze()
     try:
-        while (message := receive(sock)) is not None:
+        while True:
+            if spare is None and not _waiting(sock):
+                spare = _fork_spare(sock, forker, children)
+            message = receive(sock)
+            if message is None:
+                break
             kind, body, fds = message
             if kind == SPAWN:
-                _spawn(sock, forker, body, fds, children)
+                spare = _spawn(sock, forker, body, fds, children, spare=spare)
             elif kind == REAP:
                 _reap(sock, body, children)
             else:
@@ -107,6 +130,8 @@ def serve(sock: socket.socket) -> NoReturn:
     except OSError:
         pass  # the socket broke: the executor's process is gone
     finally:
+        if spare is not None:
+            children.add(spare.pid)
         for pid in children:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
@@ -118,13 +143,86 @@ def serve(sock: socket.socket) -> NoReturn:
     os._exit(0)
 
 
+def _waiting(sock: socket.socket) -> bool:
+    """A request is already there: answer it before forking a spare."""
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def _fork_spare(sock: socket.socket, forker: _fork.Forker, children: set[int]) -> _Spare | None:
+    """Fork a spare child (None if fork fails: the next SPAWN forks as usual)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    def wait_for_task() -> _fork.Assignment | None:
+        # In the spare. Its name says what it is until the task's marks it.
+        _linux.set_name(_SPARE_NAME)
+        message = receive(theirs)
+        theirs.close()
+        if message is None:
+            return None  # the mold let it go
+        _, body, fds = message
+        task, read_fd, write_fd, pipe_owner = _task_of(body, fds)
+        return forker.assignment(task, read_fd, write_fd, pipe_owner)
+
+    try:
+        pid = forker.fork_spare(wait_for_task, [sock.fileno(), ours.fileno()], children)
+    except OSError:
+        ours.close()
+        return None
+    finally:
+        theirs.close()
+    with contextlib.suppress(OSError):
+        os.setpgid(pid, pid)  # as the child does: the group exists before we answer
+    return _Spare(pid, ours)
+
+
 def _spawn(
     sock: socket.socket,
     forker: _fork.Forker,
     body: tuple[Any, ...],
     fds: list[int],
     children: set[int],
-) -> None:
+    *,
+    spare: _Spare | None,
+) -> _Spare | None:
+    """Start the task's child, the spare if it takes the task; the spare left over."""
+    try:
+        pid = _hand_over(spare, body, fds) if spare is not None else None
+        spare = None
+        if pid is None:
+            task, read_fd, write_fd, pipe_owner = _task_of(body, fds)
+            try:
+                pid = forker.fork(
+                    task, read_fd, write_fd, [sock.fileno()], children, pipe_owner=pipe_owner
+                )
+            except OSError as exc:
+                send(sock, FAILED, (exc.errno or 0, str(exc)))
+                return None
+            with contextlib.suppress(OSError):
+                os.setpgid(pid, pid)  # as the child does: the group exists before we answer
+    finally:
+        _close_all(fds)
+    children.add(pid)
+    send(sock, FORKED, pid)
+    return spare
+
+
+def _hand_over(spare: _Spare, body: tuple[Any, ...], fds: list[int]) -> int | None:
+    """Give the task to the spare: its pid, or None if it is gone (then reaped)."""
+    try:
+        send(spare.sock, SPAWN, body, tuple(fds))
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.kill(spare.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.waitpid(spare.pid, 0)
+        return None
+    finally:
+        spare.sock.close()
+    return spare.pid
+
+
+def _task_of(body: tuple[Any, ...], fds: list[int]) -> tuple[_fork.ChildTask, int, int, int]:
+    """A SPAWN's task for ``_run_pickled``: (task, read_fd, write_fd, pipe_owner)."""
     task_id, memory_limit, close_fds, passed, pipe_owner, pipe_read_fd = body
     write_fd, payload_fd, *received = fds
     targets = tuple(number for number, _ in passed)
@@ -137,24 +235,7 @@ def _spawn(
         memory_limit=memory_limit,
         keep_fds=None if keep is None else (*keep, *targets),
     )
-    try:
-        pid = forker.fork(
-            task,
-            pipe_read_fd,
-            write_fd,
-            [sock.fileno()],
-            children,
-            pipe_owner=pipe_owner,
-        )
-    except OSError as exc:
-        send(sock, FAILED, (exc.errno or 0, str(exc)))
-        return
-    finally:
-        _close_all(fds)
-    children.add(pid)
-    with contextlib.suppress(OSError):
-        os.setpgid(pid, pid)  # as the child does: the group exists before we answer
-    send(sock, FORKED, pid)
+    return task, pipe_read_fd, write_fd, pipe_owner
 
 
 def _reap(sock: socket.socket, pid: int, children: set[int]) -> None:

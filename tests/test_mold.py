@@ -201,6 +201,62 @@ class TestFreshMold:
         wait_gone(parent, 10)  # closed with the executor
 
 
+def _mold_children(mold: Mold) -> dict[int, str]:
+    """The mold's children now: pid -> name (/proc/<pid>/comm)."""
+    found = {}
+    for pid in Path(f"/proc/{mold.pid}/task/{mold.pid}/children").read_text().split():
+        try:
+            found[int(pid)] = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            pass  # gone meanwhile
+    return found
+
+
+def _spares(mold: Mold) -> list[int]:
+    return [pid for pid, name in _mold_children(mold).items() if name == "fp-spare"]
+
+
+class TestSpare:
+    def test_the_next_task_runs_in_a_child_forked_before_it_was_submitted(self, mold):
+        """Between tasks the mold holds one spare child; the next task runs in it."""
+        with ForkPerTaskExecutor(1, mold=mold) as ex:
+            ex.submit(os.getpid).result(timeout=20)
+            for _ in range(3):
+                wait_for(lambda: len(_spares(mold)) == 1, 10, "one spare")
+                (spare,) = _spares(mold)
+                parent, child = ex.submit(_parent_and_self).result(timeout=20)
+                assert (parent, child) == (mold.pid, spare)
+
+    def test_a_killed_spare_is_replaced_by_a_plain_fork(self, mold):
+        """SIGKILL of the waiting spare: the next task still runs, in a new child."""
+        with ForkPerTaskExecutor(1, mold=mold) as ex:
+            ex.submit(os.getpid).result(timeout=20)
+            wait_for(lambda: len(_spares(mold)) == 1, 10, "one spare")
+            (spare,) = _spares(mold)
+            os.kill(spare, signal.SIGKILL)
+            wait_gone(spare, 10)  # a zombie: the mold reaps it when it next needs it
+            parent, child = ex.submit(_parent_and_self).result(timeout=20)
+            assert parent == mold.pid
+            assert child != spare
+            wait_for(lambda: len(_spares(mold)) == 1, 10, "a new spare")
+
+    def test_a_task_run_by_the_spare_is_marked_as_its_own(self, mold, redis_url, prefix):
+        """The spare that takes a task leads its own group and carries the task's name and id."""
+        with ForkPerTaskExecutor(1, mold=mold, redis=redis_url, key_prefix=prefix) as ex:
+            ex.submit(os.getpid).result(timeout=20)
+            wait_for(lambda: len(_spares(mold)) == 1, 10, "one spare")
+            (spare,) = _spares(mold)
+            comm, group, pid, task_id = ex.submit(_comm_group_and_task_id).result(timeout=20)
+        assert pid == group == spare
+        assert task_id is not None
+        assert comm == f"fp-{task_id[:12]}"
+
+
+def _comm_group_and_task_id() -> tuple[str, int, int, str | None]:
+    comm = Path("/proc/self/comm").read_text().strip()
+    return comm, os.getpgid(0), os.getpid(), os.environ.get("FORKPOOL_TASK_ID")
+
+
 class TestMoldDeath:
     @pytest.mark.slow  # starts fresh interpreters (see the noxfile)
     def test_a_dead_molds_tasks_fail_naming_it_and_a_new_mold_serves(self, tmp_path):

@@ -6,6 +6,7 @@ with ``--mold`` (see conftest); these tests are about the mold itself.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -205,10 +206,8 @@ def _mold_children(mold: Mold) -> dict[int, str]:
     """The mold's children now: pid -> name (/proc/<pid>/comm)."""
     found = {}
     for pid in Path(f"/proc/{mold.pid}/task/{mold.pid}/children").read_text().split():
-        try:
+        with contextlib.suppress(OSError):  # gone meanwhile
             found[int(pid)] = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
-            pass  # gone meanwhile
     return found
 
 

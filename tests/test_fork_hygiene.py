@@ -456,6 +456,7 @@ class TestWarnings:
         assert "DeprecationWarning" not in result.stderr
 
     @pytest.mark.slow
+    @pytest.mark.timeout(120)
     @pytest.mark.parametrize(
         "flags",
         [("-W", "error"), ("-W", "always"), ("-X", "dev"), ("-X", "dev", "-W", "error")],
@@ -499,7 +500,12 @@ class TestWarnings:
             try:
                 with forkpool.ForkPerTaskExecutor(4) as ex:
                     futures = [ex.submit(os.getpid) for _ in range(150)]
-                    done, pending = concurrent.futures.wait(futures, timeout=30)
+                    done, pending = concurrent.futures.wait(futures, timeout=60)
+                    if pending:  # say where things stand, then fail
+                        import faulthandler, subprocess
+                        faulthandler.dump_traceback(all_threads=True)
+                        columns = "pid,stat,wchan:32,etime,comm"
+                        subprocess.run(["ps", "-o", columns, "--ppid", str(os.getpid())])
                     assert not pending, f"{len(pending)} futures pending"
                     pids = {f.result() for f in futures}
                     assert len(pids) == 150
@@ -510,9 +516,9 @@ class TestWarnings:
             print("all returned")
             """,
             *flags,
-            timeout=50,
+            timeout=90,
         )
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout.strip() == "all returned"
         if sys.version_info >= (3, 14) or "error" in flags:
             # 3.12 and 3.13 have no lock to hold off the other threads' swaps: a lost

@@ -11,7 +11,9 @@ deadline counts, however late the supervisor was; one finished after it does not
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import os
 import signal
 from typing import TYPE_CHECKING, Any
 
@@ -19,13 +21,13 @@ import attrs
 
 from forkpool import _kill_marks, _wire
 from forkpool._errors import ChildDiedError, TaskTimeoutError, abrupt_end
+from forkpool._tree import ProcessTree
 
 if TYPE_CHECKING:
     import mmap
 
     from forkpool._future import ForkFuture
     from forkpool._options import ResolvedOptions
-    from forkpool._tree import ProcessTree
 
 
 class StopReason(enum.Enum):
@@ -73,6 +75,41 @@ class Child:
         """The task finished, and no later than its deadline (if it has one)."""
         finished_at = self.finished_at
         return finished_at is not None and (self.deadline is None or finished_at <= self.deadline)
+
+    def signal_tree(self, signum: int) -> None:
+        """Signal the child, its group and its descendants elsewhere (see ``_tree``).
+
+        Only while it is unreaped: until then its pid and group id are its own.
+        Everything is stopped first and continued after a catchable signal, so the
+        walk for descendants misses nothing forked meanwhile.
+        """
+        # The leader is signalled directly too, in case the task left its group.
+        self._signal_group(signal.SIGSTOP)
+        tree = self.tree
+        try:
+            if tree is None:
+                tree = self.tree = ProcessTree(self.pid)
+            tree.freeze()
+            self._signal_group(signum)
+            tree.send(signum)
+        finally:
+            if signum != signal.SIGKILL:
+                self._signal_group(signal.SIGCONT)
+                if tree is not None:
+                    tree.send(signal.SIGCONT)
+
+    def _signal_group(self, signum: int) -> None:
+        self.signal_leader(signum)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+
+    def signal_leader(self, signum: int) -> None:
+        """Send ``signum`` to the child itself (only while it is unreaped)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signum)
+            else:
+                os.kill(self.pid, signum)
 
     def __repr__(self) -> str:
         state = "exited" if self.exited else "running"

@@ -71,7 +71,8 @@ from forkpool._options import (
     require_callable,
     resolve,
 )
-from forkpool._supervisor import Hooks, Supervisor, SupervisorConfig, WorkItem
+from forkpool._slots import WorkItem
+from forkpool._supervisor import Hooks, Supervisor, SupervisorConfig
 from forkpool._tracking import TrackingContext, default_host, redis_asked_for
 
 if TYPE_CHECKING:

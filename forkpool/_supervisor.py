@@ -18,9 +18,8 @@ reaped. The pipe therefore never reports EOF (exits are seen through the pidfd,
 not through EOF), and a task that closes or overwrites its end of the pipe can
 re-open it through ``/proc/<parent>/fd/<n>`` to deliver its outcome.
 
-A task is given a slot when it is submitted if one is free, and only then counts
-as started (``shutdown(cancel_futures=True)`` leaves it be, as CPython's executors
-do); the others wait, and each reaped child hands its slot to the next of them.
+Which tasks may start is ``_slots``' business; how a child comes to exist is the
+spawner's (``_spawn``): this thread forks (or asks a mold) and watches.
 
 A deadline found passed is checked against what the child did before it: the
 supervisor reads what the child sent first, and a task whose DONE frame says it
@@ -53,16 +52,15 @@ from forkpool import _fork, _linux, _wire
 from forkpool._child import Child, StopReason, settle
 from forkpool._errors import ForkPoolError
 from forkpool._options import task_name
+from forkpool._slots import Slots, WorkItem
 from forkpool._spawn import ForkHere
 from forkpool._tracking import Forked
-from forkpool._tree import ProcessTree
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from forkpool._bookkeeping import Bookkeeper
     from forkpool._future import ForkFuture
-    from forkpool._options import ResolvedOptions
     from forkpool._spawn import Spawner
     from forkpool._tracking import TrackingContext
 
@@ -95,19 +93,6 @@ class SupervisorConfig:
     initializer: Callable[..., object] | None
     initargs: tuple[Any, ...]
     hooks: Hooks
-
-
-@attrs.define(eq=False)
-class WorkItem:
-    """A submitted task waiting for a free slot."""
-
-    future: ForkFuture[Any]
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    options: ResolvedOptions
-    # For a mold: the task as it travels there (see ChildTask.pickled).
-    pickled: bytes | None = None
 
 
 @attrs.frozen
@@ -155,13 +140,7 @@ class Supervisor:
         self._bookkeeper = bookkeeper
         # How a child comes to exist: a fork of this process, or a mold's.
         self._spawner: Spawner = ForkHere() if spawner is None else spawner
-        # Slots: submit() (any thread) gives a task one if it is free, and a reaped
-        # child hands its own on. Tasks with a slot wait in _ready for this thread to
-        # fork them; the others wait in _waiting. The lock guards all three.
-        self._admission = threading.Lock()
-        self._started = 0
-        self._ready: collections.deque[WorkItem] = collections.deque()
-        self._waiting: collections.deque[WorkItem] = collections.deque()
+        self._slots = Slots(config.max_workers)
         # Filled in any thread, emptied here; deque ops are atomic.
         self._commands: collections.deque[_Command] = collections.deque()
         self._children: dict[int, Child] = {}
@@ -196,13 +175,7 @@ class Supervisor:
 
     def submit(self, item: WorkItem) -> None:
         """Queue a task: started now if a slot is free, else when one frees up."""
-        with self._admission:
-            if self._started < self._config.max_workers and not self._waiting:
-                item.future._start_running()  # noqa: SLF001 - a new future: always True
-                self._started += 1
-                self._ready.append(item)
-            else:
-                self._waiting.append(item)
+        self._slots.admit(item)
         self.wake()
 
     def cancel(self, future: ForkFuture[Any]) -> None:
@@ -231,12 +204,7 @@ class Supervisor:
         ``contain``: no done-callback's exception escapes (forkpool's own threads, and
         a finalizer).
         """
-        with self._admission:
-            items = [*self._waiting, *(self._ready if started_too else ())]
-            self._waiting.clear()
-        # A started one stays in _ready: this thread sees it cancelled and frees its slot.
-        for item in items:
-            item.future._cancel(contain=contain)  # noqa: SLF001
+        self._slots.cancel_waiting(started_too=started_too, contain=contain)
 
     def refuse_forks(self) -> None:
         """Fork nothing more: each task not forked yet is cancelled when its turn comes.
@@ -323,7 +291,7 @@ class Supervisor:
         return True
 
     def _finished(self) -> bool:
-        return (self._shutting_down or self._abandoned) and not self._started and not self._waiting
+        return (self._shutting_down or self._abandoned) and self._slots.idle
 
     def _drain_wakeups(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -346,7 +314,7 @@ class Supervisor:
         target = self._child_of(command.future)
         if isinstance(command, _Signal):
             if target is not None and not target.exited and self._spawner.unreaped(target.pid):
-                self._send_to_leader(target, command.signum)
+                target.signal_leader(command.signum)
         elif isinstance(command, _Cancel):
             if target is not None:
                 self._stop(target, StopReason.CANCELLED, signal.SIGTERM)
@@ -365,30 +333,17 @@ class Supervisor:
 
     def _dispatch(self) -> None:
         # Until none is left: a task that is never forked hands its slot on at once.
-        while self._ready:
-            with self._admission:
-                items = list(self._ready)
-                self._ready.clear()
-            for item in items:
+        while self._slots.any_ready:
+            for item in self._slots.take_ready():
                 if self._abandoned or self._refusing:
                     item.future._cancel(contain=True)  # noqa: SLF001 - see abandon()
                 if item.future.cancelled():  # between submit() and now
-                    self._release_slot()
+                    self._slots.release()
                 else:
                     self._launch(item)
 
-    def _release_slot(self) -> None:
-        """A started task is over (or never forked): hand its slot to the next waiting."""
-        with self._admission:
-            self._started -= 1
-            while self._started < self._config.max_workers and self._waiting:
-                item = self._waiting.popleft()
-                if item.future._start_running():  # noqa: SLF001 - the future's owner
-                    self._started += 1
-                    self._ready.append(item)
-
     def _fail_launch(self, future: ForkFuture[Any], error: BaseException) -> None:
-        self._release_slot()
+        self._slots.release()
         future._resolve(exception=error)  # noqa: SLF001
 
     def _launch(self, item: WorkItem) -> None:
@@ -630,7 +585,7 @@ class Supervisor:
         self._timed.pop(pid, None)
         self._unpolled.pop(pid, None)
         # Before settling: a done-callback that submits finds the slot free.
-        self._release_slot()
+        self._slots.release()
         exitcode, signum = (None, None) if status < 0 else _fork.describe_status(status)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
@@ -664,39 +619,10 @@ class Supervisor:
             child.kill_at = None
 
     def _signal(self, child: Child, signum: int) -> None:
-        """Signal the task's child, its group and its descendants elsewhere (see _tree).
-
-        Everything is stopped first and continued after a catchable signal, so the
-        walk for descendants misses nothing forked meanwhile.
-        """
-        if not self._spawner.unreaped(child.pid):
-            return  # something else reaped it: its pid and group id may be a stranger's
-        # The leader is signalled directly too, in case the task left its group.
-        self._send(child, signal.SIGSTOP)
-        try:
-            if child.tree is None:
-                child.tree = ProcessTree(child.pid)
-            child.tree.freeze()
-            self._send(child, signum)
-            child.tree.send(signum)
-        finally:
-            if signum != signal.SIGKILL:
-                self._send(child, signal.SIGCONT)
-                child.tree.send(signal.SIGCONT)  # type: ignore[union-attr]  # set above
-
-    def _send(self, child: Child, signum: int) -> None:
-        """Send ``signum`` to the child itself and to its process group (it is unreaped)."""
-        self._send_to_leader(child, signum)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signum)
-
-    def _send_to_leader(self, child: Child, signum: int) -> None:
-        """Send ``signum`` to the child itself (it is unreaped)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if child.pidfd is not None:
-                signal.pidfd_send_signal(child.pidfd, signum)
-            else:
-                os.kill(child.pid, signum)
+        """Signal the task's whole process tree, if the child is still ours to signal."""
+        if self._spawner.unreaped(child.pid):
+            child.signal_tree(signum)
+        # else something else reaped it: its pid and group id may be a stranger's
 
     def _enforce_deadlines(self, now: float) -> None:
         for child in list(self._timed.values()):
@@ -761,12 +687,7 @@ class Supervisor:
         self._children.clear()
         self._timed.clear()
         self._unpolled.clear()
-        with self._admission:
-            items = [*self._ready, *self._waiting]
-            self._ready.clear()
-            self._waiting.clear()
-            self._started = 0
-        for item in items:
+        for item in self._slots.clear():
             item.future._start_running()  # noqa: SLF001 - no-op for a started one
             item.future._resolve(exception=error)  # noqa: SLF001
 

@@ -193,8 +193,12 @@ class CeleryWorker:
         return molds[0] if molds else self.pid
 
     def task_processes(self) -> list[int]:
-        """The processes below the worker that are not its mold: tasks and theirs."""
-        return [pid for pid in descendants(self.pid) if pid != self.forking_pid]
+        """The processes below the worker that are not its mold or the mold's spare."""
+        return [
+            pid
+            for pid in descendants(self.pid)
+            if pid != self.forking_pid and _comm(pid) != "fp-spare"
+        ]
 
     def tree_rss_mib(self) -> float:
         """Resident memory of the worker and every process under it, in MiB."""

@@ -118,11 +118,11 @@ def _between_tasks(worker: CeleryWorker) -> None:
 
     Prefork keeps its pool processes; with ``max_tasks_per_child=1`` the one that ran
     the last task lives on for a moment, then is gone, or a zombie, until billiard
-    replaces it. ``ForkPool`` keeps its mold, if it has one. A tree measured in between
-    would count a process too many or too few.
+    replaces it. ``ForkPool`` keeps its mold, if it has one, and the mold its spare
+    child. A tree measured in between would count a process too many or too few.
     """
     if worker.pool == "forkpool":
-        idle = 0 if worker.forking_pid == worker.pid else 1
+        idle = 0 if worker.forking_pid == worker.pid else 2
     else:
         idle = CONCURRENCY
     last: dict[str, Any] = {"processes": None, "since": 0.0}

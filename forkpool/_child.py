@@ -69,6 +69,8 @@ class Child:
     stop_error: BaseException | None = None
     outcome_before_stop: bool = False
     kill_at: float | None = None
+    # Its resident set before its task ran (see ResourceUsage.own_peak_bytes).
+    resident_at_start: int | None = None
 
     @property
     def finished_in_time(self) -> bool:

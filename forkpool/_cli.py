@@ -24,6 +24,7 @@ from forkpool._errors import signal_name
 from forkpool._reaper import Reaper, Stopper, parent_alive, read_entries
 from forkpool._redis import FAILURES, Client, client_from_url, describe_failure, redact
 from forkpool._tracking import URL_ENV, default_host
+from forkpool._usage import format_bytes
 from forkpool._version import __version__
 
 if TYPE_CHECKING:
@@ -216,13 +217,17 @@ class Row:
     entry: TaskEntry
     lease_expires: float
     parent_alive: bool | None
+    # The task's own memory at its peak so far (see ResourceUsage.own_peak_bytes):
+    # known for this host's children only.
+    own_peak_bytes: int | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """The entry's fields plus ``lease_expires`` and ``parent_alive``."""
+        """The entry's fields plus ``lease_expires``, ``parent_alive``, ``own_peak_bytes``."""
         return {
             **attrs.asdict(self.entry),
             "lease_expires": self.lease_expires,
             "parent_alive": self.parent_alive,
+            "own_peak_bytes": self.own_peak_bytes,
         }
 
 
@@ -241,9 +246,24 @@ def collect_rows(client: Client, prefix: str, hosts: list[str]) -> list[Row]:
             )
         for entry, lease in entries.valid.values():
             here = host == local and entry.boot_id == facts.boot_id
-            rows.append(Row(entry, lease, parent_alive(entry) if here else None))
+            rows.append(
+                Row(
+                    entry,
+                    lease,
+                    parent_alive(entry) if here else None,
+                    own_peak(entry) if here else None,
+                )
+            )
     rows.sort(key=lambda row: (row.entry.host, row.entry.started))
     return rows
+
+
+def own_peak(entry: TaskEntry) -> int | None:
+    """A local child's own memory at its peak so far; None if unknown or not that process."""
+    if entry.resident_at_start is None or _procfs.start_ticks(entry.pid) != entry.pid_start:
+        return None
+    peak = _procfs.peak_resident_bytes(entry.pid)
+    return None if peak is None else max(0, peak - entry.resident_at_start)
 
 
 def shown(text: str) -> str:
@@ -264,7 +284,17 @@ _UNSHOWN: Final = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 def render_table(rows: list[Row], now: float) -> str:
     """An aligned table of rows, for people."""
-    header = ("HOST", "TASK", "PID", "NAME", "AGE", "DEADLINE IN", "LEASE LEFT", "PARENT")
+    header = (
+        "HOST",
+        "TASK",
+        "PID",
+        "NAME",
+        "AGE",
+        "DEADLINE IN",
+        "LEASE LEFT",
+        "OWN PEAK",
+        "PARENT",
+    )
     lines = [header]
     for row in rows:
         entry = row.entry
@@ -277,6 +307,7 @@ def render_table(rows: list[Row], now: float) -> str:
                 _duration(now - entry.started),
                 "-" if entry.deadline is None else _duration(entry.deadline - now),
                 _duration(row.lease_expires - now),
+                "?" if row.own_peak_bytes is None else format_bytes(row.own_peak_bytes),
                 {True: "alive", False: "dead", None: "?"}[row.parent_alive],
             )
         )

@@ -8,8 +8,10 @@ import select
 import signal as _signal
 import sys
 from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING
 
-from forkpool._usage import ResourceUsage, format_bytes
+if TYPE_CHECKING:
+    from forkpool._usage import ResourceUsage
 
 # Signals whose bare name tells an operator little; the hint says what usually sends them.
 _SIGNAL_HINTS: dict[int, str] = {
@@ -69,7 +71,8 @@ class ChildDiedError(ForkPoolError, BrokenProcessPool):
         detail: What else is known of its end, if anything.
         stopped_by: Who stopped it, when forkpool knows (``"kill_workers()"``,
             ``"forkpool.kill_all() in process 4242"``); else empty.
-        rusage: What the child used (peak RSS, CPU, wall time), when known.
+        rusage: What the child used (its own and total peak memory, CPU, wall
+            time), when known.
     """
 
     def __init__(
@@ -116,7 +119,7 @@ def _describe_death(
         hint = None if stopped_by else _SIGNAL_HINTS.get(signum)
         message = f"child {pid} was killed by {name}" + (f" ({hint})" if hint else "")
         if rusage is not None:
-            message += f" with {format_bytes(rusage.max_rss_bytes)} peak RSS"
+            message += f" at {rusage.describe_memory()}"
     elif exitcode is not None:
         message = f"child {pid} exited with code {exitcode} without sending a result"
     else:

@@ -373,6 +373,7 @@ def _run_child(
 
 def _run_task(task: ChildTask, channel: Channel) -> None:
     """Hooks, initializer, the task; its outcome sent (raises only if that fails)."""
+    resident = None
     try:
         if task.memory_limit is not None:
             _cap_memory(task.memory_limit)
@@ -380,6 +381,9 @@ def _run_task(task: ChildTask, channel: Channel) -> None:
             task.child_post_fork(task.fn, task.args, task.kwargs)
         if task.initializer is not None:
             task.initializer(*task.initargs)
+        # The task's own memory is measured from here (see ResourceUsage): read now,
+        # when the child's code pages are faulted back in, not at fork, when they are not.
+        resident = _procfs.resident_bytes(os.getpid())
         value = task.fn(*task.args, **task.kwargs)
     except BaseException as exc:  # noqa: BLE001 - SystemExit and friends are outcomes too
         if not in_forked_child(channel):
@@ -390,7 +394,7 @@ def _run_task(task: ChildTask, channel: Channel) -> None:
             _leave_as_helper(None)
         outcome = encode_result(value)
         del value
-    channel.send_outcome(outcome, time.monotonic())
+    channel.send_outcome(outcome, time.monotonic(), -1 if resident is None else resident)
 
 
 def _leave_as_helper(error: BaseException | None) -> NoReturn:

@@ -57,6 +57,7 @@ class ForkFuture(Future[T]):
         # wait4's answer, turned into a ResourceUsage only if someone asks.
         self._raw_usage: resource.struct_rusage | None = None
         self._wall_time = 0.0
+        self._resident_at_start: int | None = None
         self._reaped = False
         self._usage: ResourceUsage | None = None
         # Set by the executor: asks its supervisor to drop or stop this task, for
@@ -72,13 +73,21 @@ class ForkFuture(Future[T]):
     def rusage(self) -> ResourceUsage | None:
         """What the child used (:class:`ResourceUsage`), once it is reaped; else None."""
         if self._usage is None and self._reaped:
-            self._usage = ResourceUsage.from_rusage(self._raw_usage, self._wall_time)
+            self._usage = ResourceUsage.from_rusage(
+                self._raw_usage, self._wall_time, self._resident_at_start
+            )
         return self._usage
 
-    def _set_usage(self, raw: resource.struct_rusage | None, wall_time: float) -> None:
+    def _set_usage(
+        self,
+        raw: resource.struct_rusage | None,
+        wall_time: float,
+        resident_at_start: int | None = None,
+    ) -> None:
         """Record the reaped child's usage (None if something else reaped it)."""
         self._raw_usage = raw
         self._wall_time = wall_time
+        self._resident_at_start = resident_at_start
         self._reaped = True
 
     @property

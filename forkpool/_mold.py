@@ -41,7 +41,7 @@ import cloudpickle
 from forkpool import _fork, _linux, _mold_process, _procfs, _quiet_fork
 from forkpool._errors import MoldError
 from forkpool._options import require_callable
-from forkpool._spawn import Reaped
+from forkpool._spawn import Reaped, Spawned
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Container, Iterable
@@ -449,8 +449,8 @@ class MoldSpawner:
         write_fd: int,
         close_in_child: Iterable[int],
         siblings: Container[int],
-    ) -> int:
-        """Hand the task to the mold, which forks its child; the child's pid."""
+    ) -> Spawned:
+        """Hand the task to the mold, which forks its child (or gives it to its spare)."""
         del close_in_child, siblings  # the mold's child has none of ours
         if task.pickled is None:
             msg = "a mold's task must be pickled at submit"
@@ -478,9 +478,9 @@ class MoldSpawner:
         if kind != _mold_process.FORKED:
             errno, message = answer
             raise OSError(errno, f"the mold could not fork: {message}")
-        pid: int = answer
+        pid, resident = answer
         self._children[pid] = process.generation
-        return pid
+        return Spawned(pid, resident)
 
     def running(self, pid: int) -> bool:
         """Not exited: the mold reaps only when asked, so exited means a zombie."""

@@ -184,9 +184,16 @@ def _spawn(
     *,
     spare: _Spare | None,
 ) -> _Spare | None:
-    """Start the task's child, the spare if it takes the task; the spare left over."""
+    """Start the task's child, the spare if it takes the task; the spare left over.
+
+    The answer carries the child's resident set before its task began: the spare's
+    is read before it has the task, a new fork's right after fork.
+    """
     try:
-        pid = _hand_over(spare, body, fds) if spare is not None else None
+        pid = resident = None
+        if spare is not None:
+            resident = _procfs.resident_bytes(spare.pid)
+            pid = _hand_over(spare, body, fds)
         spare = None
         if pid is None:
             task, read_fd, write_fd, pipe_owner = _task_of(body, fds)
@@ -197,12 +204,13 @@ def _spawn(
             except OSError as exc:
                 send(sock, FAILED, (exc.errno or 0, str(exc)))
                 return None
+            resident = _procfs.resident_bytes(pid)
             with contextlib.suppress(OSError):
                 os.setpgid(pid, pid)  # as the child does: the group exists before we answer
     finally:
         _close_all(fds)
     children.add(pid)
-    send(sock, FORKED, pid)
+    send(sock, FORKED, (pid, resident))
     return spare
 
 

@@ -64,6 +64,40 @@ def read_stat(pid: int) -> ProcStat | None:
         return None
 
 
+_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_bytes(pid: int) -> int | None:
+    """The process's resident set now (``/proc/<pid>/statm``); None if it is gone.
+
+    Read with bare descriptors: the supervisor reads it once per task.
+    """
+    try:
+        fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        raw = os.read(fd, 128)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    fields = raw.split()
+    return int(fields[1]) * _PAGE_SIZE if len(fields) > 1 else None
+
+
+def peak_resident_bytes(pid: int) -> int | None:
+    """The process's peak resident set so far (``VmHWM``); None if it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_bytes()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith(b"VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return None  # a zombie: no memory left to count
+
+
 def start_ticks(pid: int) -> int | None:
     """The process's start time in clock ticks since boot, or None if it is gone."""
     stat = read_stat(pid)

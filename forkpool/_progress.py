@@ -43,9 +43,9 @@ class Channel:
         with self.lock:
             write_frame(self._pipe(), kind, payload)
 
-    def send_outcome(self, outcome: Outcome, finished_at: float) -> None:
+    def send_outcome(self, outcome: Outcome, finished_at: float, resident_at_start: int) -> None:
         with self.lock:
-            send_outcome(self._pipe(), outcome, finished_at)
+            send_outcome(self._pipe(), outcome, finished_at, resident_at_start)
 
     def _pipe(self) -> int:
         if _identity(self.fd) == self.identity:

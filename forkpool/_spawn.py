@@ -20,11 +20,23 @@ from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
-from forkpool import _fork
+from forkpool import _fork, _procfs
 
 if TYPE_CHECKING:
     import resource
     from collections.abc import Container, Iterable
+
+
+@attrs.frozen
+class Spawned:
+    """A child just started: its pid, and its resident set before its task ran.
+
+    The second is each task's baseline for ``ResourceUsage.own_peak_bytes``; None
+    if it could not be read.
+    """
+
+    pid: int
+    resident_at_start: int | None
 
 
 @attrs.frozen
@@ -50,8 +62,8 @@ class Spawner(Protocol):
         write_fd: int,
         close_in_child: Iterable[int],
         siblings: Container[int],
-    ) -> int:
-        """Start a child that runs ``task`` and reports on ``write_fd``; its pid.
+    ) -> Spawned:
+        """Start a child that runs ``task`` and reports on ``write_fd``.
 
         Raises:
             OSError: it could not be started (the task fails with it).
@@ -92,14 +104,16 @@ class ForkHere:
         write_fd: int,
         close_in_child: Iterable[int],
         siblings: Container[int],
-    ) -> int:
+    ) -> Spawned:
         """Fork a child of this process."""
         pid = self._forker.fork(task, read_fd, write_fd, close_in_child, siblings)
+        # Read first: the child is still settling in, its task not begun.
+        resident = _procfs.resident_bytes(pid)
         # Both sides call setpgid so the group exists before either relies on it; the
         # child may have exec'd or died already, having set its own group first.
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)
-        return pid
+        return Spawned(pid, resident)
 
     def running(self, pid: int) -> bool:
         """Our child has not exited (False once it is a zombie or reaped)."""

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 
     from forkpool._bookkeeping import Bookkeeper
     from forkpool._future import ForkFuture
-    from forkpool._spawn import Spawner
+    from forkpool._spawn import Spawned, Spawner
     from forkpool._tracking import TrackingContext
 
 
@@ -375,7 +375,7 @@ class Supervisor:
             pass_fds=item.options.pass_fds,
         )
         try:
-            pid = self._spawner.spawn(
+            spawned = self._spawner.spawn(
                 task, read_fd, write_fd, self._parent_fds(read_fd), self._children
             )
         except (OSError, RuntimeError) as exc:
@@ -388,7 +388,8 @@ class Supervisor:
             return
         finally:
             del task
-        child = self._track(pid, item, read_fd, write_fd, task_id)
+        pid = spawned.pid
+        child = self._track(spawned, item, read_fd, write_fd, task_id)
         # The supervisor holds the callable and its arguments no longer than needed.
         item.fn = item.args = item.kwargs = None  # type: ignore[assignment]
         item.pickled = None
@@ -399,8 +400,9 @@ class Supervisor:
             self._stop(child, StopReason.HOOK_FAILED, signal.SIGKILL, error=exc)
 
     def _track(
-        self, pid: int, item: WorkItem, read_fd: int, write_fd: int, task_id: str | None
+        self, spawned: Spawned, item: WorkItem, read_fd: int, write_fd: int, task_id: str | None
     ) -> Child:
+        pid = spawned.pid
         os.set_blocking(read_fd, False)
         pidfd = None
         if _linux.HAS_PIDFD:
@@ -420,6 +422,7 @@ class Supervisor:
             pidfd=pidfd,
             started=now,
             deadline=None if timeout is None else now + timeout,
+            resident_at_start=spawned.resident_at_start,
         )
         item.future.pid = pid
         self._children[pid] = child
@@ -441,6 +444,7 @@ class Supervisor:
                     started=time.time(),
                     timeout=item.options.timeout,
                     ttl=item.options.ttl,
+                    resident_at_start=spawned.resident_at_start,
                 )
             )
         return child
@@ -502,7 +506,9 @@ class Supervisor:
             if child.finished_at is not None or len(frame.payload) != _wire.DONE_STAMP.size:
                 self._corrupt(child, _wire.FrameError("a second or malformed DONE frame"))
                 return False
-            (child.finished_at,) = _wire.DONE_STAMP.unpack(frame.payload)
+            child.finished_at, resident = _wire.DONE_STAMP.unpack(frame.payload)
+            if resident >= 0:  # measured by the child itself: later, so truer, than ours
+                child.resident_at_start = resident
         elif kind in _wire.BUFFER_KINDS:
             child.buffers.append(frame.payload)  # type: ignore[arg-type]  # never bytes
         else:
@@ -575,7 +581,9 @@ class Supervisor:
         future = child.future
         reaped = self._spawner.reap(pid)
         status = reaped.status
-        future._set_usage(reaped.rusage, time.monotonic() - child.started)  # noqa: SLF001
+        future._set_usage(  # noqa: SLF001
+            reaped.rusage, time.monotonic() - child.started, child.resident_at_start
+        )
         if child.pidfd is not None:
             self._poller.unregister(child.pidfd)
             del self._watched[child.pidfd]

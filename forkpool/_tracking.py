@@ -77,6 +77,7 @@ class TrackingContext:
             started=child.started,
             deadline=None if child.timeout is None else child.started + child.timeout,
             ttl=child.ttl,
+            resident_at_start=child.resident_at_start,
         )
 
 
@@ -90,3 +91,4 @@ class Forked:
     started: float
     timeout: float | None
     ttl: float
+    resident_at_start: int | None = None

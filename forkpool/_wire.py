@@ -88,8 +88,9 @@ _KINDS: Final = {int(kind): kind for kind in Kind}
 BUFFER_KINDS: Final = frozenset({Kind.BUFFER, Kind.BYTEARRAY})
 
 
-# The payload of a DONE frame: when the task finished, in time.monotonic() seconds.
-DONE_STAMP: Final = struct.Struct("<d")
+# The payload of a DONE frame: when the task finished, in time.monotonic() seconds,
+# and the child's resident set in bytes just before the task began (-1: unknown).
+DONE_STAMP: Final = struct.Struct("<dq")
 
 
 class FrameError(Exception):
@@ -384,9 +385,10 @@ def encode_result(value: object) -> Outcome:
         return Outcome(Kind.RAISED, encode_exception(error))
 
 
-def send_outcome(fd: int, outcome: Outcome, finished_at: float) -> None:
+def send_outcome(fd: int, outcome: Outcome, finished_at: float, resident_at_start: int) -> None:
     """Write an outcome: DONE, each out-of-band buffer straight from its memory, the frame."""
-    done = HEADER.pack(MAGIC, Kind.DONE, DONE_STAMP.size) + DONE_STAMP.pack(finished_at)
+    stamp = DONE_STAMP.pack(finished_at, resident_at_start)
+    done = HEADER.pack(MAGIC, Kind.DONE, DONE_STAMP.size) + stamp
     for buffer in outcome.buffers:
         write_frame(fd, outcome.buffer_kind, buffer, done)
         done = b""

@@ -49,6 +49,12 @@ def _sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def _hold_memory(size: int, ready: str) -> None:
+    block = bytearray(b"\x01") * size
+    Path(ready).write_text(str(len(block)))
+    time.sleep(30)
+
+
 @pytest.fixture(name="busy")
 def fixture_busy(redis_url, client, prefix):
     """An executor with two tracked children running for the test's duration."""
@@ -77,6 +83,8 @@ class TestPs:
             "IN",
             "LEASE",
             "LEFT",
+            "OWN",
+            "PEAK",
             "PARENT",
         ]
         assert len(rows) == 2
@@ -111,6 +119,26 @@ class TestPs:
                 "the child",
             )
             future.cancel()
+
+    def test_own_peak_of_children_on_this_host(self, redis_url, prefix, tmp_path):
+        """On the local host, ps gives each child's own memory at its peak so far."""
+        ready = tmp_path / "ready"
+        with ForkPerTaskExecutor(1, redis=redis_url, key_prefix=prefix) as ex:
+            future = ex.submit(_hold_memory, 40 << 20, str(ready))
+            wait_for(ready.exists, 10, "the child's allocation")
+            listed: list[dict[str, object]] = []
+
+            def child_listed() -> bool:
+                result = forkpool_cli("ps", "--json", "--redis", redis_url, "--prefix", prefix)
+                listed[:] = json.loads(result.stdout) if result.returncode == 0 else []
+                return bool(listed)
+
+            wait_for(child_listed, 10, "ps to list the child")  # entries are written late
+            table = forkpool_cli("ps", "--redis", redis_url, "--prefix", prefix)
+            future.cancel()
+        (child,) = listed
+        assert child["own_peak_bytes"] == pytest.approx(40 << 20, rel=0.1)
+        assert " MiB " in table.stdout.splitlines()[1]
 
     @pytest.mark.usefixtures("busy")
     def test_all_hosts_and_env(self, redis_url, prefix):

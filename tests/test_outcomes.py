@@ -171,7 +171,7 @@ class TestChildDeath:
         assert error.exitcode is None
         assert re.fullmatch(
             rf"child {error.pid} was killed by SIGKILL \(possibly the OOM killer\) "
-            r"with \d+\.\d MiB peak RSS",
+            r"at \d+\.\d [KM]iB own peak \(\d+\.\d MiB peak RSS\)",
             str(error),
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import re
 import signal
 import threading
 import time
@@ -137,8 +138,8 @@ class TestResourceUsage:
             future.result(timeout=10)
         assert future.rusage is not None
 
-    def test_died_error_carries_peak_rss(self):
-        """ChildDiedError carries rusage and names the peak RSS with the signal."""
+    def test_died_error_carries_own_and_total_peak(self):
+        """ChildDiedError carries rusage and names the task's own peak and the peak RSS."""
 
         def bloat_then_die() -> None:
             blob = bytearray(96 << 20)
@@ -150,7 +151,38 @@ class TestResourceUsage:
         error = info.value
         assert error.rusage is not None
         assert error.rusage.max_rss_bytes >= 96 << 20
-        assert "MiB peak RSS" in str(error)
+        own = error.rusage.own_peak_bytes
+        assert own is not None
+        # Measured from right after the fork here (the child never reported): +-10 %.
+        assert own == pytest.approx(96 << 20, rel=0.1)
+        assert re.search(r"at \d+\.\d MiB own peak \(\d+\.\d MiB peak RSS\)", str(error))
+
+    def test_own_peak_is_what_the_task_added_not_what_it_inherited(self, request):
+        """A parent holding 1 GiB; a task adding 50 MiB: own peak 50 MiB +-10 %, peak RSS 1 GiB+."""
+        inherited = bytearray(b"\x01") * (1 << 30)  # every page written: resident
+        try:
+            with ForkPerTaskExecutor(1) as ex:
+                future = ex.submit(_hold_for_a_moment, 50 << 20)
+                assert future.result(timeout=60) == 50 << 20
+        finally:
+            del inherited
+        usage = future.rusage
+        assert usage is not None
+        assert usage.own_peak_bytes is not None
+        assert usage.own_peak_bytes == pytest.approx(50 << 20, rel=0.1)
+        if not request.config.getoption("--mold"):  # a mold's child inherits the mold's
+            assert usage.max_rss_bytes >= 1 << 30
+        assert f"{usage.own_peak_bytes / (1 << 20):.1f} MiB own peak" in str(usage)
+
+    def test_own_peak_counts_memory_freed_before_the_end(self):
+        """Memory the task allocated and freed before returning still counts: it is a peak."""
+        with ForkPerTaskExecutor(1) as ex:
+            future = ex.submit(_allocate_then_free, 80 << 20)
+            future.result(timeout=20)
+        own = future.rusage.own_peak_bytes  # type: ignore[union-attr]
+        assert own is not None
+        # The kernel's resident counts are kept per CPU and summed lazily: +-10 %.
+        assert own == pytest.approx(80 << 20, rel=0.1)
 
     def test_usage_is_logged_at_debug(self, caplog):
         """Every reaped task's usage is logged at DEBUG."""
@@ -160,6 +192,16 @@ class TestResourceUsage:
             future.result(timeout=10)
         assert f"child {future.pid} ended" in caplog.text
         assert "peak RSS" in caplog.text
+
+
+def _hold_for_a_moment(size: int) -> int:
+    block = bytearray(b"\x02") * size
+    return len(block)
+
+
+def _allocate_then_free(size: int) -> None:
+    block = bytearray(b"\x03") * size
+    del block
 
 
 def _map_file(path: Path, access: int, length: int = 0) -> int:

@@ -31,7 +31,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Final
 
-from forkpool import _procfs
+from forkpool import _observe, _procfs
 from forkpool._entry import MalformedEntryError, TaskEntry
 from forkpool._fork import block_signals_in_this_thread
 from forkpool._reaper import Reaper, Stopper
@@ -61,8 +61,10 @@ class Bookkeeper:
         ttl: float,
         reap_interval: float,
         kill_grace: float,
+        name: str = "default",
     ) -> None:
         # Its client is made in this thread, on first use (see _redis).
+        self._name = name  # the executor's, for metrics
         self._source = source
         self._keys = context.keys
         self._ttl = ttl
@@ -281,11 +283,15 @@ class Bookkeeper:
 
     def _reap(self) -> None:
         try:
-            self.reaper.cycle(self._source.client)
+            report = self.reaper.cycle(self._source.client)
         except FAILURES as exc:
             self._failed(exc)
+            return
+        if report.stopped:
+            _observe.orphans_reaped(self._name, len(report.stopped))
 
     def _failed(self, exc: Exception) -> None:
+        _observe.redis_error(self._name)
         self._source.after_failure()
         self._retry_at = time.monotonic() + min(self._reap_interval, _RETRY_PAUSE)
         if self._outage_since is None:

@@ -71,6 +71,12 @@ class Child:
     kill_at: float | None = None
     # Its resident set before its task ran (see ResourceUsage.own_peak_bytes).
     resident_at_start: int | None = None
+    # The task's callable, as module.qualname.
+    name: str = ""
+
+    def log_extra(self) -> dict[str, object]:
+        """What each log line about this task carries in ``extra``, for structured logs."""
+        return {"task_id": self.task_id, "pid": self.pid, "callable": self.name}
 
     @property
     def finished_in_time(self) -> bool:

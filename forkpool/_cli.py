@@ -104,8 +104,9 @@ def _common_options(*, defaults: bool) -> argparse.ArgumentParser:
 _PS_HELP = """\
 List the children of forkpool executors tracked in Redis: host, task id, pid,
 callable, age, time left to the deadline and on the lease, and (on this host)
-whether the parent is alive. Nothing tracked prints an empty table (or [] with
---json) and exits 0.
+the task's own memory at its peak so far (its peak RSS less the pages it still
+shares with its parent) and whether the parent is alive. Nothing tracked prints
+an empty table (or [] with --json) and exits 0.
 """
 _REAP_HELP = """\
 Run one reaper cycle for this host, with the rules every executor applies: stop
@@ -259,11 +260,17 @@ def collect_rows(client: Client, prefix: str, hosts: list[str]) -> list[Row]:
 
 
 def own_peak(entry: TaskEntry) -> int | None:
-    """A local child's own memory at its peak so far; None if unknown or not that process."""
-    if entry.resident_at_start is None or _procfs.start_ticks(entry.pid) != entry.pid_start:
-        return None
+    """A local child's own memory at its peak so far; None if unknown or not that process.
+
+    Its peak RSS less the pages it still shares (with its parent, mostly: what it
+    inherited and has not written to, and code): no baseline is needed, so the
+    figure is the kernel's alone.
+    """
+    if _procfs.start_ticks(entry.pid) != entry.pid_start:
+        return None  # gone, or the pid is a stranger's now
     peak = _procfs.peak_resident_bytes(entry.pid)
-    return None if peak is None else max(0, peak - entry.resident_at_start)
+    shared = _procfs.shared_resident_bytes(entry.pid)
+    return None if peak is None or shared is None else max(0, peak - shared)
 
 
 def shown(text: str) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Final
+from typing import Any
 
 import attrs
 
@@ -49,10 +49,6 @@ class Keys:
         return Keys(self.prefix, host)
 
 
-# Fields an entry may lack (added after the layout was first published).
-_OPTIONAL_FIELDS: Final = frozenset({"resident_at_start"})
-
-
 class MalformedEntryError(ValueError):
     """A metadata value in Redis is not a valid task entry."""
 
@@ -73,10 +69,6 @@ def _number(value: object) -> float:
 
 def _optional_number(value: object) -> float | None:
     return None if value is None else _number(value)
-
-
-def _optional_int(value: object) -> int | None:
-    return None if value is None else _int(value)
 
 
 def _str(value: object) -> str:
@@ -109,9 +101,6 @@ class TaskEntry:
     started: float = attrs.field(converter=_number)
     deadline: float | None = attrs.field(converter=_optional_number)
     ttl: float = attrs.field(converter=_number)
-    # The child's resident set before its task ran, for its own memory's figure.
-    # Optional: entries written before it existed lack it.
-    resident_at_start: int | None = attrs.field(default=None, converter=_optional_int)
 
     def to_json(self) -> str:
         """Serialize for the meta hash."""
@@ -133,12 +122,11 @@ class TaskEntry:
             msg = "not a JSON object"
             raise MalformedEntryError(msg)
         names = [field.name for field in attrs.fields(cls)]
-        optional = _OPTIONAL_FIELDS
-        missing = [name for name in names if name not in data and name not in optional]
+        missing = [name for name in names if name not in data]
         if missing:
             msg = f"missing fields: {', '.join(missing)}"
             raise MalformedEntryError(msg)
-        entry = cls(**{name: data[name] for name in names if name in data})
+        entry = cls(**{name: data[name] for name in names})
         if entry.task_id != task_id:
             msg = f"describes task {entry.task_id!r}, stored under {task_id!r}"
             raise MalformedEntryError(msg)

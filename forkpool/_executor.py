@@ -44,6 +44,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import uuid
 import warnings
 import weakref
@@ -52,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import attrs
 
-from forkpool import _exit
+from forkpool import _exit, _observe
 from forkpool._async import wait_for_future
 from forkpool._child import StopReason
 from forkpool._entry import Keys
@@ -70,6 +71,7 @@ from forkpool._options import (
     check_timeout,
     require_callable,
     resolve,
+    task_name,
 )
 from forkpool._slots import WorkItem
 from forkpool._supervisor import Hooks, Supervisor, SupervisorConfig
@@ -150,6 +152,9 @@ class ForkPerTaskExecutor(Executor):
             ``/dev/null``, not freed, so an inherited object that still holds a
             number can never close a descriptor the task opens later.)
         pass_fds: Descriptors children keep under ``close_fds``.
+        mold: Fork every task from this :class:`Mold` instead of this process.
+        name: The executor's name in metrics (the ``executor`` label); several
+            executors may share one.
 
     Raises:
         ForkPoolError: The platform is not Linux.
@@ -184,9 +189,14 @@ class ForkPerTaskExecutor(Executor):
         close_fds: bool = False,
         pass_fds: Iterable[int] = (),
         mold: Mold | None = None,
+        name: str = "default",
     ) -> None:
         if (unsupported := platform_error()) is not None:
             raise unsupported
+        if not isinstance(cast("object", name), str) or not name:
+            msg = f"name must be a non-empty string, got {name!r}"
+            raise ValueError(msg)
+        self._name = name
         self._max_workers = _check_max_workers(max_workers)
         preload = _check_mp_context(mp_context)
         if not isinstance(cast("object", mold), Mold | None):
@@ -201,14 +211,14 @@ class ForkPerTaskExecutor(Executor):
                 f"got {max_tasks_per_child!r}"
             )
             raise ValueError(msg)
-        for name, hook in (
+        for hook_name, hook in (
             ("initializer", initializer),
             ("parent_pre_fork", parent_pre_fork),
             ("parent_post_fork", parent_post_fork),
             ("child_post_fork", child_post_fork),
         ):
             if hook is not None:
-                require_callable(hook, f"{name} must be callable or None")
+                require_callable(hook, f"{hook_name} must be callable or None")
         _check_tuple(initargs, "initargs")
         self._reap_interval = check_positive(reap_interval, "reap_interval")
         self._defaults = ResolvedOptions(
@@ -230,6 +240,7 @@ class ForkPerTaskExecutor(Executor):
         self._runtime = _Runtime(
             config=self._config,
             owner_pid=os.getpid(),
+            name=name,
             mold=self._mold,
             owned_mold=owned_mold,
             **_start_tracking(
@@ -239,8 +250,10 @@ class ForkPerTaskExecutor(Executor):
                 ttl=self._defaults.ttl,
                 reap_interval=self._reap_interval,
                 kill_grace=self._defaults.kill_grace,
+                name=name,
             ),
         )
+        _observe.add_executor(self._runtime)
         self._finalizer = weakref.finalize(self, self._runtime.abandon)
         self._finalizer.atexit = False
         _exit.register(self._runtime)
@@ -258,6 +271,11 @@ class ForkPerTaskExecutor(Executor):
     def max_workers(self) -> int:
         """The most children that run at once."""
         return self._max_workers
+
+    @property
+    def name(self) -> str:
+        """The executor's name in metrics."""
+        return self._name
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> ForkFuture[T]:
         """Schedule ``fn(*args, **kwargs)`` in a new child process.
@@ -290,6 +308,15 @@ class ForkPerTaskExecutor(Executor):
             future._on_cancel = supervisor.cancel  # noqa: SLF001 - our own future
             future._on_wait_ended = supervisor.wait_ended  # noqa: SLF001
             future._on_signal = supervisor.send_signal  # noqa: SLF001
+            if _observe.observing():
+                accounting = _observe.Accounting(
+                    executor=self._name,
+                    callable=task_name(fn),
+                    memory_limited=options.memory_limit is not None,
+                    submitted=time.monotonic(),
+                )
+                future._accounting = accounting  # noqa: SLF001
+                future.add_done_callback(accounting)
             supervisor.submit(WorkItem(future, fn, args, kwargs, options, pickled))
         return future
 
@@ -447,6 +474,8 @@ class _Runtime:
 
     config: SupervisorConfig
     owner_pid: int
+    # The executor's name= (metrics count children by it while this lives).
+    name: str = "default"
     # Where children come from: a mold's forks, or (None) this process's own.
     mold: Mold | None = None
     # The mold the executor made itself (for a forkserver mp_context), closed with it.
@@ -461,6 +490,11 @@ class _Runtime:
     refusing_forks: bool = False
     # Done once shut down and idle: every task ended, the last Redis writes made.
     finished: Future[None] = attrs.field(factory=Future)
+
+    def running_children(self) -> int:
+        """Children forked and not yet reaped (for metrics, from any thread)."""
+        supervisor = self.supervisor
+        return 0 if supervisor is None else supervisor.running
 
     @property
     def alive(self) -> bool:
@@ -594,6 +628,7 @@ def _start_tracking(
     ttl: float,
     reap_interval: float,
     kill_grace: float,
+    name: str,
 ) -> dict[str, Any]:
     """Validate the Redis settings; start the bookkeeping thread if Redis is asked for."""
     if not isinstance(key_prefix, str) or not key_prefix:
@@ -613,7 +648,7 @@ def _start_tracking(
 
     tracking = TrackingContext.create(Keys(key_prefix, host), executor_id=uuid.uuid4().hex)
     bookkeeper = Bookkeeper(
-        source, tracking, ttl=ttl, reap_interval=reap_interval, kill_grace=kill_grace
+        source, tracking, ttl=ttl, reap_interval=reap_interval, kill_grace=kill_grace, name=name
     )
     bookkeeper.start()
     return {"tracking": tracking, "bookkeeper": bookkeeper}

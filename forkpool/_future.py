@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import resource
     from collections.abc import Callable
 
+    from forkpool._observe import Accounting
+
 logger = logging.getLogger("forkpool")
 
 T = TypeVar("T")
@@ -68,6 +70,10 @@ class ForkFuture(Future[T]):
         self._progress: object = None
         self._progress_seen = False
         self._progress_callbacks: list[Callable[[ForkFuture[T], Any], object]] = []
+        # For metrics, when they are on (see _observe); the supervisor adds times.
+        self._accounting: Accounting | None = None
+        # The task's id, pid and callable, for log lines about it (set at its fork).
+        self._log_extra: dict[str, object] | None = None
 
     @property
     def rusage(self) -> ResourceUsage | None:
@@ -285,7 +291,7 @@ class ForkFuture(Future[T]):
             except BaseException as exc:
                 if not (contain or isinstance(exc, Exception)):
                     raise
-                logger.exception("exception calling callback for %r", self)
+                logger.exception("exception calling callback for %r", self, extra=self._log_extra)
 
 
 def _call_progress_callback(
@@ -300,4 +306,5 @@ def _call_progress_callback(
     except BaseException as exc:
         if not (contain or isinstance(exc, Exception)):
             raise
-        logger.exception("progress callback %r of %r raised", fn, future)
+        extra = future._log_extra  # noqa: SLF001 - a ForkFuture, in its own module
+        logger.exception("progress callback %r of %r raised", fn, future, extra=extra)

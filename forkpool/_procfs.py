@@ -98,6 +98,20 @@ def peak_resident_bytes(pid: int) -> int | None:
     return None  # a zombie: no memory left to count
 
 
+def shared_resident_bytes(pid: int) -> int | None:
+    """Resident pages the process shares with another (``smaps_rollup``); None if unreadable."""
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_bytes()
+    except OSError:
+        return None
+    shared = [
+        int(line.split()[1]) * 1024
+        for line in rollup.splitlines()
+        if line.startswith((b"Shared_Clean:", b"Shared_Dirty:"))
+    ]
+    return sum(shared) if shared else None
+
+
 def start_ticks(pid: int) -> int | None:
     """The process's start time in clock ticks since boot, or None if it is gone."""
     stat = read_stat(pid)

@@ -167,6 +167,11 @@ def supervisor_of(entry: TaskEntry, facts: LocalFacts) -> int | None:
     return None if _procfs.holds_pidfd_of(parent, entry.pid) is False else parent
 
 
+def _log_extra(entry: TaskEntry) -> dict[str, object]:
+    """What a log line about the entry's task carries in ``extra`` (as the supervisor's do)."""
+    return {"task_id": entry.task_id, "pid": entry.pid, "callable": entry.name}
+
+
 def _is_live_mold(pid: int) -> bool:
     """A mold forked the child: the executor that made the mold supervises it.
 
@@ -306,6 +311,7 @@ class Reaper:
                     entry.pid,
                     entry.name,
                     entry.parent_pid,
+                    extra=_log_extra(entry),
                 )
             return False
         supervisor = supervisor_of(entry, self.facts)
@@ -320,6 +326,7 @@ class Reaper:
                     entry.name,
                     entry.parent_pid,
                     supervisor,
+                    extra=_log_extra(entry),
                 )
             return False
         child_found, handles = task_processes(entry, self.facts)
@@ -332,6 +339,7 @@ class Reaper:
                 entry.name,
                 entry.parent_pid,
                 len(handles),
+                extra=_log_extra(entry),
             )
         if child_found:
             report.stopped.append(entry)

@@ -243,6 +243,11 @@ class Supervisor:
         """The thread is running."""
         return self._thread.is_alive()
 
+    @property
+    def running(self) -> int:
+        """Children forked and not yet reaped (any thread may ask)."""
+        return len(self._children)
+
     def wake(self) -> None:
         """Interrupt the poll so the thread looks at its queues."""
         with self._wake_lock:
@@ -374,6 +379,10 @@ class Supervisor:
             pickled=item.pickled,
             pass_fds=item.options.pass_fds,
         )
+        accounting = future._accounting  # noqa: SLF001 - set when metrics are on
+        if accounting is not None:
+            forking = time.monotonic()
+            accounting.queued = forking - accounting.submitted
         try:
             spawned = self._spawner.spawn(
                 task, read_fd, write_fd, self._parent_fds(read_fd), self._children
@@ -389,6 +398,8 @@ class Supervisor:
         finally:
             del task
         pid = spawned.pid
+        if accounting is not None:
+            accounting.fork = time.monotonic() - forking
         child = self._track(spawned, item, read_fd, write_fd, task_id)
         # The supervisor holds the callable and its arguments no longer than needed.
         item.fn = item.args = item.kwargs = None  # type: ignore[assignment]
@@ -423,8 +434,10 @@ class Supervisor:
             started=now,
             deadline=None if timeout is None else now + timeout,
             resident_at_start=spawned.resident_at_start,
+            name=task_name(item.fn),
         )
         item.future.pid = pid
+        item.future._log_extra = child.log_extra()  # noqa: SLF001 - for its callbacks' logs
         self._children[pid] = child
         self._watched[read_fd] = child
         self._poller.register(read_fd, select.EPOLLIN)
@@ -440,11 +453,10 @@ class Supervisor:
                 Forked(
                     task_id=task_id,
                     pid=pid,
-                    name=task_name(item.fn),
+                    name=child.name,
                     started=time.time(),
                     timeout=item.options.timeout,
                     ttl=item.options.ttl,
-                    resident_at_start=spawned.resident_at_start,
                 )
             )
         return child
@@ -542,6 +554,7 @@ class Supervisor:
                 "ignoring a progress value from child %d that does not unpickle",
                 child.pid,
                 exc_info=True,
+                extra=child.log_extra(),
             )
             return
         if child.stop_reason is not StopReason.CANCELLED:
@@ -597,9 +610,17 @@ class Supervisor:
         exitcode, signum = (None, None) if status < 0 else _fork.describe_status(status)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
-                "child %d ended (exit code %s, signal %s): %s", pid, exitcode, signum, future.rusage
+                "child %d ended (exit code %s, signal %s): %s",
+                pid,
+                exitcode,
+                signum,
+                future.rusage,
+                extra=child.log_extra(),
             )
         settle(child, exitcode, signum, unknown_because=reaped.unknown_because)
+        accounting = future._accounting  # noqa: SLF001 - set when metrics are on
+        if accounting is not None:
+            accounting.report(future)
 
     def _stop(
         self,
@@ -637,7 +658,9 @@ class Supervisor:
             if child.exited:
                 continue
             if child.kill_at is not None and now >= child.kill_at:
-                logger.warning("child %d ignored SIGTERM; sending SIGKILL", child.pid)
+                logger.warning(
+                    "child %d ignored SIGTERM; sending SIGKILL", child.pid, extra=child.log_extra()
+                )
                 self._signal(child, signal.SIGKILL)
                 child.kill_at = None
             elif child.stop_reason is None and child.deadline is not None and now >= child.deadline:

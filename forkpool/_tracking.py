@@ -77,7 +77,6 @@ class TrackingContext:
             started=child.started,
             deadline=None if child.timeout is None else child.started + child.timeout,
             ttl=child.ttl,
-            resident_at_start=child.resident_at_start,
         )
 
 
@@ -91,4 +90,3 @@ class Forked:
     started: float
     timeout: float | None
     ttl: float
-    resident_at_start: int | None = None

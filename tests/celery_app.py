@@ -35,6 +35,10 @@ app.conf.update(
     forkpool_ttl=5,
     forkpool_kill_grace=2.0,
     forkpool_fork_from=os.environ.get("FORKPOOL_TEST_FORK_FROM") or "mold",
+    forkpool_metrics_port=int(os.environ["FORKPOOL_TEST_METRICS_PORT"])
+    if os.environ.get("FORKPOOL_TEST_METRICS_PORT")
+    else None,
+    forkpool_metrics_addr="127.0.0.1",
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
     result_expires=600,

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -21,7 +22,7 @@ import redis
 from celery import Celery
 from celery.exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
 from celery_worker import CeleryWorker
-from helpers import OwnServer, dies_with_us, is_running, wait_for, wait_gone
+from helpers import OwnServer, dies_with_us, free_port, is_running, wait_for, wait_gone
 
 from forkpool.celery import ForkPool
 from forkpool.celery._settings import executor_kwargs, tracking_redis
@@ -284,6 +285,36 @@ class TestMold:
             result = worker.client().send_task("celery_app.whoami").get(timeout=30)
             assert worker.forking_pid == worker.pid
         assert result["ppid"] == worker.pid
+
+
+class TestMetrics:
+    def test_one_setting_serves_the_pools_metrics(self, server, tmp_path):
+        """forkpool_metrics_port: the worker serves task counts labelled by its node name."""
+        port = free_port()
+        worker = CeleryWorker(
+            tmp_path,
+            broker=server,
+            backend=server,
+            env={"FORKPOOL_TEST_METRICS_PORT": str(port)},
+        )
+        with worker:
+            client = worker.client()
+            for _ in range(3):
+                client.send_task("celery_app.noop").get(timeout=30)
+            with pytest.raises(WorkerLostError):
+                client.send_task("celery_app.crashes").get(timeout=30)
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                text = response.read().decode()
+        counts: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("forkpool_tasks_total{"):
+                labels, value = line.rsplit(" ", 1)
+                assert 'executor="fptest-' in labels
+                outcome = labels.split('outcome="')[1].split('"')[0]
+                counts[outcome] = counts.get(outcome, 0) + float(value)
+        assert counts == {"succeeded": 3.0, "crashed": 1.0}
+        assert "forkpool_children{" in text
 
 
 def _reserved(client: Celery, task_id: str) -> bool:

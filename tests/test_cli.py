@@ -137,7 +137,9 @@ class TestPs:
             table = forkpool_cli("ps", "--redis", redis_url, "--prefix", prefix)
             future.cancel()
         (child,) = listed
-        assert child["own_peak_bytes"] == pytest.approx(40 << 20, rel=0.1)
+        # Its peak RSS less what it still shares: the private pages of its own
+        # set-up (a MiB or two) count too.
+        assert 40 << 20 <= child["own_peak_bytes"] <= 46 << 20
         assert " MiB " in table.stdout.splitlines()[1]
 
     @pytest.mark.usefixtures("busy")

@@ -58,7 +58,7 @@ from forkpool._errors import ChildDiedError, TaskTimeoutError
 from forkpool._executor import ForkPerTaskExecutor
 from forkpool._future import ForkFuture
 from forkpool._options import options, unwrap
-from forkpool.celery import _in_child, _mold, _settings
+from forkpool.celery import _in_child, _metrics, _mold, _settings
 from forkpool.celery._callbacks import CallbackThread
 
 if TYPE_CHECKING:
@@ -172,6 +172,8 @@ class ForkPool(BasePool):
         self._tracking: dict[str, Any] = {}
         # Where tasks are forked from (see _mold): None for the worker process itself.
         self._mold: Mold | None = None
+        # The HTTP server of forkpool_metrics_port, if that is set (see _metrics).
+        self._metrics_server: Any = None
         # A pipe the worker's event loop reads, to wake it (see _shutdown_begins).
         # Reentrant: a shutdown signal's handler wakes the loop, and may interrupt the
         # main thread while it closes the pipe.
@@ -193,6 +195,7 @@ class ForkPool(BasePool):
             "host": kwargs.get("host"),
         }
         self._mold = _mold.make(self.app, self.node_name)
+        self._metrics_server = _metrics.serve(self.app)
         hooks: dict[str, Any] = {
             "parent_pre_fork": self._before_fork,
             "child_post_fork": self._enter_child,
@@ -205,11 +208,13 @@ class ForkPool(BasePool):
                 max_workers=self.limit,
                 parent_post_fork=self._forked,
                 mold=self._mold,
+                name=self.node_name or "celery",
                 **hooks,
                 **kwargs,
             )
         except (TypeError, ValueError) as exc:
             self._close_mold()
+            _metrics.stop(self._metrics_server)
             raise _settings.explain(exc) from exc
         self._callbacks.start()
         signals.worker_shutting_down.connect(self._shutdown_begins, weak=False)
@@ -473,6 +478,8 @@ class ForkPool(BasePool):
         signals.worker_shutting_down.disconnect(self._shutdown_begins)
         self._callbacks.stop()
         self._close_mold()
+        _metrics.stop(self._metrics_server)
+        self._metrics_server = None
         self._kill_leftovers()
         # A cold shutdown stops the pool from its signal handler, then sets the flag
         # the loop looks at: wake the loop, or it sleeps on to its next timer.

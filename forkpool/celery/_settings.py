@@ -12,6 +12,7 @@ Every setting is optional; each maps to the executor argument of the same name::
     app.conf.forkpool_ttl = 900
     app.conf.forkpool_reap_interval = 30
     app.conf.forkpool_fork_from = "mold"     # or "worker" (see forkpool.celery._mold)
+    app.conf.forkpool_metrics_port = None    # a port: Prometheus metrics (see _metrics)
 
 Without ``forkpool_redis``, children are tracked in ``FORKPOOL_REDIS_URL`` if it is
 set, else in the broker when the broker is Redis (the gem keeps its entries in

@@ -32,11 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/helpers.py
 
+import prometheus_client
 import redis
 from celery_bench import measure_celery
 from helpers import OwnServer
 
 import forkpool
+import forkpool.prometheus
 from forkpool._demo import tree_rss
 
 if TYPE_CHECKING:
@@ -123,6 +125,9 @@ def throughput_contenders(
         "forkpool + Redis": lambda n: run_executor(
             forkpool.ForkPerTaskExecutor(workers, redis=redis_url, key_prefix="bench"), n
         ),
+        "forkpool + metrics": with_metrics(
+            lambda n: run_executor(forkpool.ForkPerTaskExecutor(workers, name="bench"), n)
+        ),
         "multiprocessing.Process per task": lambda n: process_per_task(n, workers),
         "PPE reused workers (fork)": lambda n: run_executor(
             concurrent.futures.ProcessPoolExecutor(workers, multiprocessing.get_context("fork")),
@@ -130,6 +135,19 @@ def throughput_contenders(
         ),
     }
     return contenders
+
+
+def with_metrics(run: Callable[[int], list[int]]) -> Callable[[int], list[int]]:
+    """``run`` with forkpool's Prometheus metrics on (in a registry of its own)."""
+
+    def measured(n: int) -> list[int]:
+        forkpool.prometheus.enable(prometheus_client.CollectorRegistry())
+        try:
+            return run(n)
+        finally:
+            forkpool.prometheus.disable()
+
+    return measured
 
 
 def interleaved(
@@ -415,6 +433,11 @@ def targets(results: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
         ("forkpool / bare fork loop", rate["forkpool"] / bare, 0.9),
         ("forkpool + Redis / bare fork loop", rate["forkpool + Redis"] / bare, 0.8),
         ("forkpool + mold / bare fork loop", rate["forkpool + mold"] / bare, 0.8),
+        (
+            "forkpool + metrics / forkpool (metrics cost)",
+            rate["forkpool + metrics"] / rate["forkpool"],
+            0.95,
+        ),
     ]
     for main in MAIN_MODULES:
         pools = results["pools"][main]["tasks_per_s"]

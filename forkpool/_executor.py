@@ -294,10 +294,21 @@ class ForkPerTaskExecutor(Executor):
         options = resolve(fn, self._defaults)
         if options.ttl != self._defaults.ttl:
             _check_ttl(options.ttl, self._reap_interval)
+        accounting = None
+        if _observe.observing():
+            accounting = _observe.Accounting(
+                executor=self._name,
+                callable=task_name(fn),
+                memory_limited=options.memory_limit is not None,
+                timeout=options.timeout,
+                submitted=time.monotonic(),
+            )
+            accounting.begin()  # in this thread: its trace context is the task's
+        prelude = None if accounting is None else accounting.prelude
         pickled = None
         if self._mold is not None:
             try:
-                pickled = _pickle_for_mold(fn, args, kwargs, self._config)
+                pickled = _pickle_for_mold(fn, args, kwargs, self._config, prelude)
             except TaskNotPicklableError as exc:
                 failed: ForkFuture[T] = ForkFuture()
                 failed.set_exception(exc)
@@ -308,16 +319,10 @@ class ForkPerTaskExecutor(Executor):
             future._on_cancel = supervisor.cancel  # noqa: SLF001 - our own future
             future._on_wait_ended = supervisor.wait_ended  # noqa: SLF001
             future._on_signal = supervisor.send_signal  # noqa: SLF001
-            if _observe.observing():
-                accounting = _observe.Accounting(
-                    executor=self._name,
-                    callable=task_name(fn),
-                    memory_limited=options.memory_limit is not None,
-                    submitted=time.monotonic(),
-                )
+            if accounting is not None:
                 future._accounting = accounting  # noqa: SLF001
                 future.add_done_callback(accounting)
-            supervisor.submit(WorkItem(future, fn, args, kwargs, options, pickled))
+            supervisor.submit(WorkItem(future, fn, args, kwargs, options, pickled, prelude=prelude))
         return future
 
     def map(
@@ -739,6 +744,7 @@ def _pickle_for_mold(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     config: SupervisorConfig,
+    prelude: Callable[[], object] | None,
 ) -> bytes:
     """The task as it travels to a mold: what the child unpickles and runs."""
     import cloudpickle  # noqa: PLC0415 - a runtime dependency, only needed here
@@ -750,6 +756,7 @@ def _pickle_for_mold(
         config.hooks.child_post_fork,
         config.initializer,
         config.initargs,
+        prelude,
     )
     try:
         pickled: bytes = cloudpickle.dumps(payload, protocol=5)

@@ -100,6 +100,8 @@ class ChildTask:
     initializer: Callable[..., object] | None = None
     initargs: tuple[Any, ...] = ()
     child_post_fork: Callable[..., object] | None = None
+    # Run first in the child, before child_post_fork (forkpool.otel's context).
+    prelude: Callable[[], object] | None = None
     task_id: str | None = None
     memory_limit: int | None = None
     # With close_fds: the descriptors to keep besides stdio and the result pipe.
@@ -377,6 +379,8 @@ def _run_task(task: ChildTask, channel: Channel) -> None:
     try:
         if task.memory_limit is not None:
             _cap_memory(task.memory_limit)
+        if task.prelude is not None:
+            task.prelude()
         if task.child_post_fork is not None:
             task.child_post_fork(task.fn, task.args, task.kwargs)
         if task.initializer is not None:

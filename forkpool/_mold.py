@@ -124,6 +124,16 @@ class Mold:
         return self
 
     def _init(self, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
+        if _mold_process.bootstrapping():
+            # A module that makes a mold when imported, imported by a mold (its
+            # preload) or by a mold's child (unpickling a task of it): each new mold
+            # would import it again, and so on, until memory runs out.
+            msg = (
+                "a Mold cannot be made while a mold imports code for a task or a preload: "
+                "a module made one at import time. Make molds under "
+                "`if __name__ == '__main__':` or inside a function, as with multiprocessing"
+            )
+            raise MoldError(msg)
         if initializer is not None:
             require_callable(initializer, "Mold initializer must be callable or None")
         if not isinstance(cast("object", initargs), tuple):

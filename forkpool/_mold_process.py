@@ -259,11 +259,22 @@ def _reap(sock: socket.socket, pid: int, children: set[int]) -> None:
     send(sock, REAPED, (status, tuple(rusage)))
 
 
+class _Bootstrap:
+    """Set while a mold imports code on someone's behalf (see ``bootstrapping``)."""
+
+    active = False
+
+
+def bootstrapping() -> bool:
+    """This is a mold, or a mold's child, importing a preload or unpickling a task."""
+    return _Bootstrap.active
+
+
 def _run_pickled(payload_fd: int, passed: tuple[tuple[int, tuple[int, bool]], ...]) -> object:
     """In a task's child: read and unpickle the task, then run it as a fork would.
 
-    The payload is (fn, args, kwargs, child_post_fork, initializer, initargs), as
-    the executor pickled it at submit.
+    The payload is (fn, args, kwargs, child_post_fork, initializer, initargs,
+    prelude), as the executor pickled it at submit.
     """
     import cloudpickle  # noqa: PLC0415 - the child's, not the mold's, import
 
@@ -271,14 +282,19 @@ def _run_pickled(payload_fd: int, passed: tuple[tuple[int, tuple[int, bool]], ..
     data = os.pread(payload_fd, size, 0) if size else b""
     os.close(payload_fd)
     _place_passed_fds(passed)
+    _Bootstrap.active = True
     try:
-        fn, args, kwargs, child_post_fork, initializer, initargs = cloudpickle.loads(data)
+        fn, args, kwargs, child_post_fork, initializer, initargs, prelude = cloudpickle.loads(data)
     except BaseException as exc:
         from forkpool._errors import ForkPoolError  # noqa: PLC0415
 
         msg = f"the task could not be unpickled in its mold's child: {exc!r}"
         raise ForkPoolError(msg) from exc
+    finally:
+        _Bootstrap.active = False
     del data
+    if prelude is not None:
+        prelude()
     if child_post_fork is not None:
         child_post_fork(fn, args, kwargs)
     if initializer is not None:
@@ -325,6 +341,7 @@ def _prepare(preparation: dict[str, Any], preload: tuple[str, ...], setup: bytes
 
     import cloudpickle  # noqa: PLC0415
 
+    _Bootstrap.active = True  # left set: this process only ever serves, from here on
     main_path = preparation.pop("init_main_from_path", None)
     preparation.pop("init_main_from_name", None)
     multiprocessing.spawn.prepare(preparation)

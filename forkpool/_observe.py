@@ -1,9 +1,11 @@
-"""Who hears how tasks end: the seam that metrics plug into.
+"""Who hears how tasks begin and end: the seam that metrics and traces plug into.
 
-forkpool itself imports no metrics library. ``forkpool.prometheus.enable()`` adds an
-:class:`Observer` here; from then on every executor of the process tells it about
-each task as its future resolves, and about each orphan its reaper stopped and each
-Redis error its bookkeeping met. With no observer, a task pays one truth test.
+forkpool itself imports no metrics or tracing library. ``forkpool.prometheus`` and
+``forkpool.otel`` add an :class:`Observer` here; from then on every executor of the
+process tells it about each task as it is submitted and as its future resolves,
+hands it the spans a task's child sends back, and tells it about each orphan its
+reaper stopped and each Redis error its bookkeeping met. With no observer, a task
+pays one truth test.
 
 Everything an observer hears has happened already; observers run in whichever
 thread resolved the future (usually the supervisor's) and must be quick. What one
@@ -25,6 +27,7 @@ import attrs
 from forkpool._errors import ChildDiedError, TaskTimeoutError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from concurrent.futures import Future
 
     from forkpool._future import ForkFuture
@@ -52,10 +55,27 @@ class TaskEnded:
     fork: float | None
     duration: float | None
     own_peak_bytes: int | None
+    pid: int | None = None
+    exitcode: int | None = None
+    signal: int | None = None
+    timeout: float | None = None
+    # What each observer's task_submitted() returned for this task.
+    notes: dict[int, object] = attrs.field(factory=dict)
 
 
 class Observer(Protocol):
-    """What metrics implement (see ``forkpool.prometheus``)."""
+    """What metrics and traces implement (``forkpool.prometheus``, ``forkpool.otel``)."""
+
+    def task_submitted(self, accounting: Accounting) -> object:
+        """In the submitting thread: whatever the observer keeps for this task.
+
+        It may set ``accounting.prelude``, which then runs first in the child.
+        """
+        ...
+
+    def child_spans(self, payload: bytes) -> None:
+        """A task's child sent finished spans (a SPANS frame)."""
+        ...
 
     def task_ended(self, ended: TaskEnded) -> None:
         """A task's future resolved."""
@@ -135,9 +155,23 @@ class Accounting:
     callable: str
     memory_limited: bool
     submitted: float
+    timeout: float | None = None
     queued: float | None = None
     fork: float | None = None
+    exitcode: int | None = None
+    signal: int | None = None
+    # Runs first in the task's child (set by an observer at submit).
+    prelude: Callable[[], object] | None = None
+    notes: dict[int, object] = attrs.field(factory=dict)
     _once: threading.Lock = attrs.field(factory=threading.Lock)
+
+    def begin(self) -> None:
+        """In the submitting thread: let each observer take note of the task."""
+        for observer in _REGISTRY.observers:
+            try:
+                self.notes[id(observer)] = observer.task_submitted(self)
+            except Exception:
+                logger.exception("forkpool: an observer failed on a task's submit; ignored")
 
     def __call__(self, done: Future[Any]) -> None:
         """The future's done-callback: report a task that was never forked."""
@@ -161,6 +195,11 @@ class Accounting:
             fork=self.fork,
             duration=None if usage is None else usage.wall_time,
             own_peak_bytes=None if usage is None else usage.own_peak_bytes,
+            pid=future.pid,
+            exitcode=self.exitcode,
+            signal=self.signal,
+            timeout=self.timeout,
+            notes=self.notes,
         )
         for observer in observers:
             try:
@@ -183,6 +222,15 @@ def outcome_of(future: ForkFuture[Any], *, memory_limited: bool) -> str:
     if isinstance(error, ChildDiedError) or future.pid is None:
         return "crashed"  # it died, or never ran (its fork failed)
     return "raised"
+
+
+def child_spans(payload: bytes) -> None:
+    """Hand the spans a task's child sent to the observers."""
+    for observer in _REGISTRY.observers:
+        try:
+            observer.child_spans(payload)
+        except Exception:
+            logger.exception("forkpool: an observer failed on a child's spans; ignored")
 
 
 def orphans_reaped(executor: str, count: int) -> None:

@@ -95,6 +95,15 @@ def in_forked_child(channel: Channel) -> bool:
     return channel.owner_pid == os.getpid()
 
 
+def send_to_parent(kind: Kind, payload: bytes) -> bool:
+    """In a forkpool child, send one frame to the parent; False anywhere else."""
+    channel = _ChildState.channel
+    if channel is None or not in_forked_child(channel):
+        return False
+    channel.send(kind, payload)
+    return True
+
+
 def report_progress(value: object) -> None:
     """Send ``value`` to the parent, where the task's future receives it.
 

@@ -35,6 +35,8 @@ class WorkItem:
     options: ResolvedOptions
     # For a mold: the task as it travels there (see ChildTask.pickled).
     pickled: bytes | None = None
+    # See ChildTask.prelude.
+    prelude: Callable[[], object] | None = None
 
 
 @attrs.define(eq=False)

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from forkpool import _fork, _linux, _wire
+from forkpool import _fork, _linux, _observe, _wire
 from forkpool._child import Child, StopReason, settle
 from forkpool._errors import ForkPoolError
 from forkpool._options import task_name
@@ -378,6 +378,7 @@ class Supervisor:
             keep_fds=item.options.pass_fds if item.options.close_fds else None,
             pickled=item.pickled,
             pass_fds=item.options.pass_fds,
+            prelude=item.prelude,
         )
         accounting = future._accounting  # noqa: SLF001 - set when metrics are on
         if accounting is not None:
@@ -511,6 +512,8 @@ class Supervisor:
         kind = frame.kind
         if kind is _wire.Kind.PROGRESS:
             self._deliver_progress(child, frame.payload)  # type: ignore[arg-type]  # never mapped
+        elif kind is _wire.Kind.SPANS:
+            _observe.child_spans(bytes(frame.payload))
         elif child.outcome is not None:
             self._corrupt(child, _wire.FrameError("a frame after the outcome"))
             return False
@@ -620,6 +623,7 @@ class Supervisor:
         settle(child, exitcode, signum, unknown_because=reaped.unknown_because)
         accounting = future._accounting  # noqa: SLF001 - set when metrics are on
         if accounting is not None:
+            accounting.exitcode, accounting.signal = exitcode, signum
             accounting.report(future)
 
     def _stop(

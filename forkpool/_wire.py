@@ -79,6 +79,7 @@ class Kind(enum.IntEnum):
     BUFFER = 4
     BYTEARRAY = 5
     DONE = 6
+    SPANS = 7  # finished trace spans of the task, for the parent's exporter (forkpool.otel)
 
 
 # Kind(byte) goes through EnumMeta.__call__; a dict lookup is what the hot path needs.

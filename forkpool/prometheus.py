@@ -174,6 +174,12 @@ class _Metrics:
 
     # --- the observer (see forkpool._observe) ---------------------------------------
 
+    def task_submitted(self, accounting: _observe.Accounting) -> None:
+        """Nothing to note: the counts come at the end."""
+
+    def child_spans(self, payload: bytes) -> None:
+        """Spans are not metrics."""
+
     def task_ended(self, ended: _observe.TaskEnded) -> None:
         by = (ended.executor, ended.callable) if self.per_callable else (ended.executor,)
         self.tasks.labels(*by, ended.outcome).inc()

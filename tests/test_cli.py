@@ -137,9 +137,9 @@ class TestPs:
             table = forkpool_cli("ps", "--redis", redis_url, "--prefix", prefix)
             future.cancel()
         (child,) = listed
-        # Its peak RSS less what it still shares: the private pages of its own
-        # set-up (a MiB or two) count too.
-        assert 40 << 20 <= child["own_peak_bytes"] <= 46 << 20
+        # Its peak RSS less what it still shares: the pages it copied on write
+        # count too (a few MiB in a process as large as pytest's; 6.3 seen on CI).
+        assert 40 << 20 <= child["own_peak_bytes"] <= 56 << 20
         assert " MiB " in table.stdout.splitlines()[1]
 
     @pytest.mark.usefixtures("busy")

@@ -281,6 +281,36 @@ class TestMoldDeath:
             ex.submit(os.getpid).result(timeout=20)
 
 
+_MAKES_A_MOLD_WHEN_IMPORTED = """
+import forkpool
+
+MOLD = forkpool.Mold(preload=())
+
+
+def task():
+    return "ran"
+"""
+
+
+@pytest.mark.slow  # starts fresh interpreters (see the noxfile)
+def test_a_module_that_makes_a_mold_when_imported_fails_its_task_not_the_machine(
+    tmp_path, monkeypatch
+):
+    """A task's module makes a Mold at import: its child refuses, instead of a fork bomb."""
+    (tmp_path / "eager_mold_module.py").write_text(_MAKES_A_MOLD_WHEN_IMPORTED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import eager_mold_module  # noqa: PLC0415 - made just now
+
+    try:
+        with Mold(preload=()) as mold, ForkPerTaskExecutor(1, mold=mold) as ex:
+            error = ex.submit(eager_mold_module.task).exception(timeout=60)
+    finally:
+        eager_mold_module.MOLD.close()
+    assert isinstance(error, forkpool.ForkPoolError)
+    assert "could not be unpickled" in str(error)
+    assert "if __name__ == '__main__':" in str(error)
+
+
 _DIES_WITH_ITS_MAKER = """
 import os, sys, time
 from pathlib import Path

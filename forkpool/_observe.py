@@ -167,11 +167,7 @@ class Accounting:
 
     def begin(self) -> None:
         """In the submitting thread: let each observer take note of the task."""
-        for observer in _REGISTRY.observers:
-            try:
-                self.notes[id(observer)] = observer.task_submitted(self)
-            except Exception:
-                logger.exception("forkpool: an observer failed on a task's submit; ignored")
+        self.notes = _tell("a task's submit", lambda observer: observer.task_submitted(self))
 
     def __call__(self, done: Future[Any]) -> None:
         """The future's done-callback: report a task that was never forked."""
@@ -201,11 +197,7 @@ class Accounting:
             timeout=self.timeout,
             notes=self.notes,
         )
-        for observer in observers:
-            try:
-                observer.task_ended(ended)
-            except Exception:
-                logger.exception("forkpool: an observer failed on a task's end; ignored")
+        _tell("a task's end", lambda observer: observer.task_ended(ended))
 
 
 def outcome_of(future: ForkFuture[Any], *, memory_limited: bool) -> str:
@@ -226,26 +218,25 @@ def outcome_of(future: ForkFuture[Any], *, memory_limited: bool) -> str:
 
 def child_spans(payload: bytes) -> None:
     """Hand the spans a task's child sent to the observers."""
-    for observer in _REGISTRY.observers:
-        try:
-            observer.child_spans(payload)
-        except Exception:
-            logger.exception("forkpool: an observer failed on a child's spans; ignored")
+    _tell("a child's spans", lambda observer: observer.child_spans(payload))
 
 
 def orphans_reaped(executor: str, count: int) -> None:
     """Tell the observers that ``executor``'s reaper stopped ``count`` orphans."""
-    for observer in _REGISTRY.observers:
-        try:
-            observer.orphans_reaped(executor, count)
-        except Exception:
-            logger.exception("forkpool: an observer failed on reaped orphans; ignored")
+    _tell("reaped orphans", lambda observer: observer.orphans_reaped(executor, count))
 
 
 def redis_error(executor: str) -> None:
     """Tell the observers that a Redis command of ``executor`` failed."""
+    _tell("a Redis error", lambda observer: observer.redis_error(executor))
+
+
+def _tell(event: str, call: Callable[[Observer], object]) -> dict[int, object]:
+    """``call`` each observer; what each answered, by its id. A failure is logged, dropped."""
+    answers: dict[int, object] = {}
     for observer in _REGISTRY.observers:
         try:
-            observer.redis_error(executor)
+            answers[id(observer)] = call(observer)
         except Exception:
-            logger.exception("forkpool: an observer failed on a Redis error; ignored")
+            logger.exception("forkpool: an observer failed on %s; ignored", event)
+    return answers

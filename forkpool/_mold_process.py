@@ -121,7 +121,8 @@ def serve(sock: socket.socket) -> NoReturn:
                 break
             kind, body, fds = message
             if kind == SPAWN:
-                spare = _spawn(sock, forker, body, fds, children, spare=spare)
+                _spawn(sock, forker, body, fds, children, spare=spare)
+                spare = None  # used, or found dead: the loop forks another when idle
             elif kind == REAP:
                 _reap(sock, body, children)
             else:
@@ -183,8 +184,8 @@ def _spawn(
     children: set[int],
     *,
     spare: _Spare | None,
-) -> _Spare | None:
-    """Start the task's child, the spare if it takes the task; the spare left over.
+) -> None:
+    """Start the task's child: the spare takes the task, or (gone) a new fork does.
 
     The answer carries the child's resident set before its task began: the spare's
     is read before it has the task, a new fork's right after fork.
@@ -194,7 +195,6 @@ def _spawn(
         if spare is not None:
             resident = _procfs.resident_bytes(spare.pid)
             pid = _hand_over(spare, body, fds)
-        spare = None
         if pid is None:
             task, read_fd, write_fd, pipe_owner = _task_of(body, fds)
             try:
@@ -203,7 +203,7 @@ def _spawn(
                 )
             except OSError as exc:
                 send(sock, FAILED, (exc.errno or 0, str(exc)))
-                return None
+                return
             resident = _procfs.resident_bytes(pid)
             with contextlib.suppress(OSError):
                 os.setpgid(pid, pid)  # as the child does: the group exists before we answer
@@ -211,7 +211,6 @@ def _spawn(
         _close_all(fds)
     children.add(pid)
     send(sock, FORKED, (pid, resident))
-    return spare
 
 
 def _hand_over(spare: _Spare, body: tuple[Any, ...], fds: list[int]) -> int | None:

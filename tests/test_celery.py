@@ -260,7 +260,10 @@ class TestHostContract:
 class TestMold:
     """ForkPool forks tasks from a mold holding the worker's app, unless told otherwise."""
 
-    def test_an_application_thread_of_the_worker_cannot_deadlock_tasks(self, server, tmp_path):
+    @pytest.mark.parametrize("fork_from", ["mold", "worker"])
+    def test_an_application_thread_of_the_worker_cannot_deadlock_tasks(
+        self, server, tmp_path, fork_from
+    ):
         """A worker thread reading app.backend.client all along: 60 of 60 tasks succeed."""
         worker = CeleryWorker(
             tmp_path,
@@ -269,14 +272,16 @@ class TestMold:
             concurrency=2,
             extra_args=("--time-limit", "5"),
             env={"FORKPOOL_TEST_APP_THREAD": "1"},
+            fork_from=fork_from,
         )
         with worker:
             client = worker.client()
             results = [client.send_task("celery_app.whoami") for _ in range(60)]
             outcomes = [result.get(timeout=60)["ppid"] for result in results]
-            mold = worker.forking_pid
-        assert mold != worker.pid
-        assert outcomes == [mold] * 60
+            forking_pid = worker.forking_pid
+        # From the worker itself, each child's copies of kombu's locks were made new.
+        assert (forking_pid == worker.pid) == (fork_from == "worker")
+        assert outcomes == [forking_pid] * 60
 
     def test_fork_from_worker_forks_the_worker_process(self, server, tmp_path):
         """forkpool_fork_from = "worker": each task is a child of the worker itself."""

@@ -5,6 +5,8 @@ and then runs many tasks. Each of ours is a fork of a process that is already se
 up -- the worker's main process, or a pool process for :class:`ForkedTask` -- so
 it needs only what a fork breaks, and what users hook into:
 
+- kombu's ``cached_property`` locks made new, for a child of a threaded process
+  (see ``_locks``);
 - the worker's app made current and the process's default, as prefork's
   initializer does: Celery's tracer looks the task up in ``current_app``, and the
   worker's app need not be the default of the process that forks (an embedded
@@ -33,6 +35,8 @@ from celery._state import _set_task_join_will_block  # type: ignore[attr-defined
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker import state as worker_state
 
+from forkpool.celery import _locks
+
 if TYPE_CHECKING:
     import types
     from collections.abc import Callable
@@ -60,7 +64,9 @@ def enter(node_name: str | None, app: Celery | None = None) -> None:
     task object it was given, which holds its app.
     """
     global in_task_child  # noqa: PLW0603 - a fact about this process
-    # First: from here on the parent may send the soft limit.
+    # Before anything touches kombu's cached properties (see _locks).
+    _locks.renew()
+    # From here on the parent may send the soft limit.
     signal.signal(SOFT_TIME_LIMIT_SIGNAL, _raise_soft_time_limit)
     in_task_child = True
     if app is not None:

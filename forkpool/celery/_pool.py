@@ -58,7 +58,7 @@ from forkpool._errors import ChildDiedError, TaskTimeoutError
 from forkpool._executor import ForkPerTaskExecutor
 from forkpool._future import ForkFuture
 from forkpool._options import options, unwrap
-from forkpool.celery import _in_child, _metrics, _mold, _settings
+from forkpool.celery import _in_child, _locks, _metrics, _mold, _settings
 from forkpool.celery._callbacks import CallbackThread
 
 if TYPE_CHECKING:
@@ -344,6 +344,7 @@ class ForkPool(BasePool):
         """
         del fn, args, kwargs
         _ = self.app.backend
+        _locks.find()
 
     def _enter_child(self, fn: object, args: object, kwargs: object) -> None:
         del fn, args, kwargs

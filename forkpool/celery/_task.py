@@ -33,7 +33,7 @@ from forkpool import _linux
 from forkpool._errors import ChildDiedError, TaskTimeoutError
 from forkpool._executor import ForkPerTaskExecutor
 from forkpool._options import options
-from forkpool.celery import _in_child, _mold, _settings
+from forkpool.celery import _in_child, _locks, _mold, _settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -151,6 +151,7 @@ def _executor(app: Celery, node_name: str | None) -> _Executor:
                 executor = made[pid] = _Executor(
                     ForkPerTaskExecutor(
                         max_workers=_SLOTS,
+                        parent_pre_fork=None if mold else _locks.find_before_fork,
                         child_post_fork=functools.partial(_in_child.enter_hook, node_name),
                         mold=mold,
                         **kwargs,

@@ -188,6 +188,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def rabbitmq_runs() -> bool:
+    """This machine's RabbitMQ (127.0.0.1:5672) accepts connections."""
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 class OwnServer:
     """A real Valkey server on a fixed port that a test can kill and restart.
 

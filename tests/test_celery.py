@@ -22,7 +22,15 @@ import redis
 from celery import Celery
 from celery.exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
 from celery_worker import CeleryWorker
-from helpers import OwnServer, dies_with_us, free_port, is_running, wait_for, wait_gone
+from helpers import (
+    OwnServer,
+    dies_with_us,
+    free_port,
+    is_running,
+    rabbitmq_runs,
+    wait_for,
+    wait_gone,
+)
 
 from forkpool.celery import ForkPool
 from forkpool.celery._settings import executor_kwargs, tracking_redis
@@ -30,14 +38,6 @@ from forkpool.celery._settings import executor_kwargs, tracking_redis
 pytestmark = [pytest.mark.hosts, pytest.mark.slow, pytest.mark.timeout(120)]
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-def _rabbitmq_runs() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture(name="server", scope="module")
@@ -503,7 +503,7 @@ class TestShutdown:
 
 
 @pytest.mark.skipif(
-    not _rabbitmq_runs() and not os.environ.get("CI"), reason="no RabbitMQ on 127.0.0.1:5672"
+    not rabbitmq_runs() and not os.environ.get("CI"), reason="no RabbitMQ on 127.0.0.1:5672"
 )
 def test_on_rabbitmq_tasks_revokes_and_warm_shutdown_work(server, tmp_path):
     """On RabbitMQ: results, revoke(terminate=True), warm shutdown's redelivery, cold shutdown."""

@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tarfile
@@ -35,7 +34,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import OwnServer, dies_with_us
+from helpers import OwnServer, dies_with_us, rabbitmq_runs
 
 celery = pytest.importorskip("celery")
 
@@ -126,16 +125,8 @@ def _integration_suite(into: Path) -> Path:
     return into / "t" / "integration"
 
 
-def _rabbitmq_runs() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
 @pytest.mark.skipif(
-    not _rabbitmq_runs() and not os.environ.get("CI"), reason="no RabbitMQ on 127.0.0.1:5672"
+    not rabbitmq_runs() and not os.environ.get("CI"), reason="no RabbitMQ on 127.0.0.1:5672"
 )
 def test_celerys_own_integration_tests_pass_with_forkpool(tmp_path):
     """Celery's integration tests pass against a session worker whose pool is ForkPool."""

@@ -125,6 +125,8 @@ class Forker:
     _spares: _SpareStdio | None = None
     _thread_mask: tuple[int, ...] | None = None
     _parent_pid: int = 0
+    # Set by stay_alone(): the signals every child resets, fixed for good.
+    _alone_signals: frozenset[int] | None = None
 
     def adopt_thread(self) -> None:
         """Block catchable signals in the calling (forking) thread for good.
@@ -134,6 +136,27 @@ class Forker:
         """
         self._thread_mask = tuple(block_signals_in_this_thread())
         self._parent_pid = os.getpid()
+
+    def stay_alone(self) -> bool:
+        """Fork from now on without the precautions against other threads, if there are none.
+
+        For a mold, which has one thread for good and whose signal handlers no
+        longer change: with no other thread, no lock (logging's, a stream's, the
+        warnings filters') can be held by anyone else at a fork, so none is taken or
+        replaced, and the signals to reset are decided once. Each of those steps
+        touches dozens of pages, and in a process that forks all the time each page
+        it touches is a copy-on-write fault. Standard output is flushed now; the
+        caller prints nothing after. Returns whether it took effect: not in a
+        process with more than one thread (then every fork keeps the precautions).
+        """
+        if self._thread_mask is None:
+            msg = "Forker.adopt_thread() must be called in the forking thread first"
+            raise RuntimeError(msg)
+        if _linux.thread_count() != 1:
+            return False
+        _flush_stdio()
+        self._alone_signals = signals_to_reset()
+        return True
 
     def fork(
         self,
@@ -203,6 +226,8 @@ class Forker:
         if self._thread_mask is None:
             msg = "Forker.adopt_thread() must be called in the forking thread first"
             raise RuntimeError(msg)
+        if self._alone_signals is not None:
+            return self._fork_alone(assignment, close_in_child)
         spares = self._spare_stdio()
         _flush_before_fork(spares)
         # Warnings' lock before logging's (see _quiet_fork).
@@ -228,6 +253,25 @@ class Forker:
                 locks.release()
         finally:
             _quiet_fork.release_filters(filters_held)
+        return pid
+
+    def _fork_alone(
+        self,
+        assignment: Assignment | Callable[[], Assignment | None],
+        close_in_child: Iterable[int],
+    ) -> int:
+        """Fork in a process with one thread (see :meth:`stay_alone`)."""
+        setup = _ChildSetup(
+            parent_pid=self._parent_pid,
+            signals_to_reset=self._alone_signals or frozenset(),
+            signal_mask=self._thread_mask or (),
+            stream_swaps=(),
+            busy_handlers=[],
+            close_fds=tuple(close_in_child),
+        )
+        pid = os.fork()  # one thread: no warning to silence
+        if pid == 0:
+            _run_child(setup, assignment)
         return pid
 
     def _spare_stdio(self) -> _SpareStdio:

@@ -46,6 +46,19 @@ def _load_prctl() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 _prctl = _load_prctl()
 
 
+def trim_heap() -> bool:
+    """Give the C heap's free memory back to the OS (glibc's ``malloc_trim``).
+
+    Returns whether it could be asked (False on a libc without it, such as musl).
+    """
+    try:
+        malloc_trim = ctypes.CDLL(None)["malloc_trim"]
+    except (OSError, AttributeError):
+        return False
+    malloc_trim(0)
+    return True
+
+
 # --- process handles: a pidfd where the kernel has them, else the bare pid ----------
 
 

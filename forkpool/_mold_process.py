@@ -4,7 +4,11 @@ Facts this loop is built on:
 
 * The mold has one thread, always: it starts none, and nothing it runs between
   requests (only forkpool's code and the user's preload and initializer, once)
-  is allowed to. So each fork copies no lock another thread held.
+  is allowed to. So each fork copies no lock another thread held, and the mold
+  forks without taking or replacing any (``Forker.stay_alone``): every page the
+  mold touches between forks is a copy-on-write fault, so its loop does as
+  little as it can. Should the setup have started a thread after all, the mold
+  forks with the usual care instead.
 * It never unpickles a task. The payload is handed to the child in a memfd and
   unpickled there: a payload that fails to unpickle, or whose unpickling crashes
   the process, fails its own task and leaves the mold as it was.
@@ -23,6 +27,7 @@ Facts this loop is built on:
 
 from __future__ import annotations
 
+import _socket  # the C layer of `socket`: its objects cost no Python code to make or close
 import contextlib
 import fcntl
 import gc
@@ -53,23 +58,37 @@ MAX_FDS: Final = 253
 # The first descriptor number a task's passed descriptors are parked at in the
 # child, above the numbers they must end up at.
 _PARK_FROM: Final = 100
+# A descriptor in an SCM_RIGHTS message, and room for as many as a request carries.
+_FD: Final = struct.Struct("i")
+_RIGHTS_SPACE: Final = socket.CMSG_SPACE(MAX_FDS * _FD.size)
 # A spare's name (/proc/<pid>/comm) until its task's marks it.
 _SPARE_NAME: Final = b"fp-spare"
 
 
-def send(sock: socket.socket, kind: int, body: object, fds: tuple[int, ...] = ()) -> None:
+def send(sock: _socket.socket, kind: int, body: object, fds: tuple[int, ...] = ()) -> None:
     """One message: header and body in one write, the descriptors riding on it."""
     data = pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
     message = HEADER.pack(kind, len(data)) + data
-    sent = socket.send_fds(sock, [message], list(fds)) if fds else sock.send(message)
+    if fds:
+        rights = struct.pack(f"{len(fds)}i", *fds)
+        sent = sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+    else:
+        sent = sock.send(message)
     if sent < len(message):
         sock.sendall(memoryview(message)[sent:])
 
 
-def receive(sock: socket.socket) -> tuple[int, Any, list[int]] | None:
+def receive(sock: _socket.socket) -> tuple[int, Any, list[int]] | None:
     """One message: (kind, body, descriptors), or None at end of file."""
-    head, fds, _, _ = socket.recv_fds(sock, HEADER.size, MAX_FDS)
+    head, ancillary, _, _ = sock.recvmsg(HEADER.size, _RIGHTS_SPACE)
+    fds: list[int] = [
+        fd
+        for level, cmsg_type, rights in ancillary
+        if level == socket.SOL_SOCKET and cmsg_type == socket.SCM_RIGHTS
+        for (fd,) in _FD.iter_unpack(rights[: len(rights) - len(rights) % _FD.size])
+    ]
     if not head:
+        _close_all(fds)
         return None
     while len(head) < HEADER.size:
         more = sock.recv(HEADER.size - len(head))
@@ -99,7 +118,7 @@ class _Spare:
     """A child forked ahead, waiting on ``sock`` for a task."""
 
     pid: int
-    sock: socket.socket
+    sock: _socket.socket
 
 
 def serve(sock: socket.socket) -> NoReturn:
@@ -109,12 +128,20 @@ def serve(sock: socket.socket) -> NoReturn:
     forker.adopt_thread()
     children: set[int] = set()
     spare: _Spare | None = None
-    # Whatever setup allocated stays put: children's cycle collections skip it.
+    # One poll object for good: select.select() would build new lists each time.
+    requests = select.poll()
+    requests.register(sock, select.POLLIN)
+    # Whatever setup allocated stays put: children's cycle collections skip it. Heap
+    # that setup freed goes back to the OS: each fork copies, and each child's exit
+    # tears down, the page table entries of every page still mapped here.
     gc.collect()
     gc.freeze()
+    _linux.trim_heap()
+    forker.stay_alone()  # one thread, unless the setup started one: then the usual care
     try:
         while True:
-            if spare is None and not _waiting(sock):
+            # A request already waiting is answered before a spare is forked.
+            if spare is None and not requests.poll(0):
                 spare = _fork_spare(sock, forker, children)
             message = receive(sock)
             if message is None:
@@ -144,14 +171,9 @@ def serve(sock: socket.socket) -> NoReturn:
     os._exit(0)
 
 
-def _waiting(sock: socket.socket) -> bool:
-    """A request is already there: answer it before forking a spare."""
-    return bool(select.select([sock], [], [], 0)[0])
-
-
 def _fork_spare(sock: socket.socket, forker: _fork.Forker, children: set[int]) -> _Spare | None:
     """Fork a spare child (None if fork fails: the next SPAWN forks as usual)."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours, theirs = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
     def wait_for_task() -> _fork.Assignment | None:
         # In the spare. Its name says what it is until the task's marks it.
@@ -171,8 +193,10 @@ def _fork_spare(sock: socket.socket, forker: _fork.Forker, children: set[int]) -
         return None
     finally:
         theirs.close()
-    with contextlib.suppress(OSError):
+    try:  # noqa: SIM105 - not contextlib.suppress: here each object made is a page faulted
         os.setpgid(pid, pid)  # as the child does: the group exists before we answer
+    except OSError:
+        pass
     return _Spare(pid, ours)
 
 

@@ -7,6 +7,7 @@ with ``--mold`` (see conftest); these tests are about the mold itself.
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -249,6 +250,40 @@ class TestSpare:
         assert pid == group == spare
         assert task_id is not None
         assert comm == f"fp-{task_id[:12]}"
+
+
+def _log_all_the_time() -> None:
+    """A mold initializer: a thread that holds a log handler's stream most of the time."""
+    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: PTH123, SIM115 - for good
+    chatter = logging.getLogger("mold-chatter")
+    chatter.addHandler(handler)
+    chatter.propagate = False
+
+    def log_forever() -> None:
+        while True:
+            chatter.warning("x" * 4000)
+
+    threading.Thread(target=log_forever, name="chatter", daemon=True).start()
+
+
+def _log_and_count_threads() -> int:
+    logging.getLogger("mold-chatter").warning("a task's line")
+    return _forking_process_threads()
+
+
+class TestMoldWithAThread:
+    @pytest.mark.slow  # starts a fresh interpreter (see the noxfile)
+    def test_a_mold_whose_initializer_starts_a_thread_forks_with_the_usual_care(self):
+        """A thread in the mold logging all along: 40 tasks that log all finish."""
+        with (
+            Mold(preload=(), initializer=_log_all_the_time) as mold,
+            ForkPerTaskExecutor(2, mold=mold) as ex,
+        ):
+            futures = [ex.submit(_log_and_count_threads) for _ in range(40)]
+            threads = [future.result(timeout=30) for future in futures]
+        # The mold did have the thread: without the precautions of a threaded fork,
+        # children would inherit the handler's stream locked and hang in the log call.
+        assert threads == [2] * 40
 
 
 def _comm_group_and_task_id() -> tuple[str, int, int, str | None]:

@@ -29,6 +29,7 @@ def test_bench_smoke(tmp_path):
         "process pools, realistic __main__",
         "process-tree RSS",
         "MiB results",
+        "a small parent",
         "latency",
         "a fresh interpreter",
         "Celery workers",

@@ -15,17 +15,13 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime as dt
-import functools
 import json
 import multiprocessing
 import os
-import pickle
 import platform
-import selectors
 import statistics
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/helpers
 
 import prometheus_client
 import redis
+from basics import bare_fork_loop, double, interleaved, run_executor
 from celery_bench import measure_celery
 from helpers import OwnServer
 
@@ -47,44 +44,7 @@ if TYPE_CHECKING:
 MIB = 1 << 20
 
 
-def double(x: int) -> int:
-    return x * 2
-
-
 # --- contenders for task throughput -------------------------------------------------------
-
-
-def bare_fork_loop(n: int, workers: int) -> list[int]:
-    """The floor: fork + pipe + waitpid, at most ``workers`` at once, nothing else."""
-    results: list[int] = [0] * n
-    running: dict[int, tuple[int, int]] = {}
-    selector = selectors.DefaultSelector()
-    submitted = 0
-    while submitted < n or running:
-        while submitted < n and len(running) < workers:
-            read_fd, write_fd = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                os.write(write_fd, pickle.dumps(double(submitted)))
-                os._exit(0)
-            os.close(write_fd)
-            running[pid] = (read_fd, submitted)
-            selector.register(read_fd, selectors.EVENT_READ, pid)
-            submitted += 1
-        for key, _ in selector.select():
-            read_fd, index = running.pop(key.data)
-            data = os.read(read_fd, 1 << 16)
-            selector.unregister(read_fd)
-            os.close(read_fd)
-            os.waitpid(key.data, 0)
-            results[index] = pickle.loads(data)  # noqa: S301 - our own child's bytes
-    return results
-
-
-def run_executor(executor: concurrent.futures.Executor, n: int) -> list[int]:
-    with executor:
-        futures = [executor.submit(double, i) for i in range(n)]
-        return [future.result() for future in futures]
 
 
 def process_per_task(n: int, workers: int) -> list[int]:
@@ -148,23 +108,6 @@ def with_metrics(run: Callable[[int], list[int]]) -> Callable[[int], list[int]]:
             forkpool.prometheus.disable()
 
     return measured
-
-
-def interleaved(
-    contenders: dict[str, Callable[[], Any]],
-    rounds: int,
-    prepare: Callable[[], object] | None = None,
-) -> dict[str, list[float]]:
-    """Seconds per call of each contender, round by round; ``prepare`` runs untimed before each."""
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, run in contenders.items():
-            if prepare is not None:
-                prepare()
-            started = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - started)
-    return times
 
 
 def measure_throughput(
@@ -323,46 +266,25 @@ def copy_of(value: Any) -> Any:
     return value.copy() if hasattr(value, "copy") else type(value)(memoryview(value))
 
 
-# --- start-up cost against parent size ------------------------------------------------------
+# --- a small parent: the mold's throughput, and latency as the parent grows ---------------
+
+SMALL_PARENT = Path(__file__).resolve().parent / "small_parent.py"
 
 
-def measure_parent_size(
-    sizes_mib: list[int], tasks: int, rounds: int, mold: forkpool.Mold
-) -> dict[int, dict[str, float]]:
-    """Seconds per task, one at a time, as the parent grows; the mold was made before."""
-    out: dict[int, dict[str, float]] = {}
-    for size in sizes_mib:
-        ballast = bytearray(size * MIB)
-        ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page
-        with (
-            forkpool.ForkPerTaskExecutor(1) as ex,
-            forkpool.ForkPerTaskExecutor(1, mold=mold) as in_mold,
-        ):
-            ex.submit(double, 1).result()
-            in_mold.submit(double, 1).result()
+def measure_small_parent(*, smoke: bool) -> dict[str, Any]:
+    """The mold's measurements, run by ``small_parent.py`` in a program of its own.
 
-            def fp_latency(ex: forkpool.ForkPerTaskExecutor = ex) -> None:
-                for i in range(tasks):
-                    if ex.submit(double, i).result() != double(i):
-                        raise AssertionError("forkpool returned a wrong result")
-
-            def bare_latency() -> None:
-                for i in range(tasks):
-                    if bare_fork_loop(1, 1) != [0]:
-                        raise AssertionError("bare loop returned a wrong result")
-                    del i
-
-            times = interleaved(
-                {
-                    "forkpool": fp_latency,
-                    "forkpool + mold": functools.partial(fp_latency, in_mold),
-                    "bare fork loop": bare_latency,
-                },
-                rounds,
-            )
-        out[size] = {name: statistics.median(s) / tasks for name, s in times.items()}
-        del ballast
-    return out
+    In this process, the mold and the bare fork loop would both carry the bench's
+    imports (see that file).
+    """
+    out = subprocess.run(
+        [sys.executable, str(SMALL_PARENT), *(["--smoke"] if smoke else [])],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=True,
+    )
+    return json.loads(out.stdout)
 
 
 # --- Redis cost -----------------------------------------------------------------------------
@@ -432,7 +354,6 @@ def targets(results: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
     rows = [
         ("forkpool / bare fork loop", rate["forkpool"] / bare, 0.9),
         ("forkpool + Redis / bare fork loop", rate["forkpool + Redis"] / bare, 0.8),
-        ("forkpool + mold / bare fork loop", rate["forkpool + mold"] / bare, 0.8),
         (
             "forkpool + metrics / forkpool (metrics cost)",
             rate["forkpool + metrics"] / rate["forkpool"],
@@ -486,7 +407,16 @@ def targets(results: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
                         3.0,
                     )
                 )
-    sizes = results["latency_s_by_parent_mib"]
+    small = results["small_parent"]
+    small_rate = small["throughput_tasks_per_s"]
+    rows.append(
+        (
+            "small parent: forkpool + mold / bare fork loop",
+            small_rate["forkpool + mold"] / small_rate["bare fork loop"],
+            0.8,
+        )
+    )
+    sizes = small["latency_s_by_parent_mib"]
     biggest = max(sizes, key=int)
     latency = sizes[biggest]
     rows.append(
@@ -557,9 +487,15 @@ def print_report(results: dict[str, Any]) -> None:
     print(f"\n{results['large_result_mib']} MiB results (seconds, median):")
     for kind, times in results["large_results_s"].items():
         print("  " + kind + ": " + ", ".join(f"{k} {v:.3f}" for k, v in times.items()))
-    print("\nper-task latency by parent size (ms):")
-    for size, times in results["latency_s_by_parent_mib"].items():
-        print(f"  {size:>5} MiB: " + ", ".join(f"{k} {v * 1000:.2f}" for k, v in times.items()))
+    small = results["small_parent"]
+    print(
+        f"\na small parent ({small['modules_loaded']} modules loaded), its mold made first:"
+        "\n  throughput (tasks/s, median): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in small["throughput_tasks_per_s"].items())
+    )
+    print("  per-task latency by parent size (ms):")
+    for size, times in small["latency_s_by_parent_mib"].items():
+        print(f"    {size:>5} MiB: " + ", ".join(f"{k} {v * 1000:.2f}" for k, v in times.items()))
     print(f"\nRedis commands per task: {results['redis_commands_per_task']:.2f}")
     print("\na fresh interpreter, by what it imports (medians):")
     for label, cost in results["import_cost"].items():
@@ -665,7 +601,9 @@ def main() -> int:
         "ignore", r"This process \(pid=\d+\) is multi-threaded", DeprecationWarning
     )
     large_mib = 4 if smoke else 256
-    # Made first, while this process is small and has one thread, as a user would.
+    # Made before any thread starts, but after the bench's imports (Celery, redis-py,
+    # prometheus_client): the throughput table's "forkpool + mold" has a mold made in
+    # a grown program. small_parent.py measures one made early, in a small one.
     mold = forkpool.Mold.fork()
     server = OwnServer()
     server.start()
@@ -698,12 +636,7 @@ def main() -> int:
             "large_results_s": measure_large_results(
                 size=large_mib * MIB, rounds=1 if smoke else 5
             ),
-            "latency_s_by_parent_mib": measure_parent_size(
-                [0, 64] if smoke else [0, 512, 2048],
-                tasks=3 if smoke else 30,
-                rounds=1 if smoke else 5,
-                mold=mold,
-            ),
+            "small_parent": measure_small_parent(smoke=smoke),
             "redis_commands_per_task": measure_redis_commands(
                 server.url, tasks=10 if smoke else 300, workers=2
             ),

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from helpers import children, descendants, dies_with_us, wait_for
+from helpers import children, descendants, dies_with_us, wait_for, written
 
 from forkpool._demo import tree_rss
 
@@ -179,8 +179,7 @@ class CeleryWorker:
         import json  # noqa: PLC0415
 
         path = self.reports / f"{name}.json"
-        wait_for(path.exists, timeout, f"the task's report {name!r}")
-        facts: dict[str, Any] = json.loads(path.read_text())
+        facts: dict[str, Any] = json.loads(written(path, timeout))
         return facts
 
     def has_report(self, name: str) -> bool:

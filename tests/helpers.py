@@ -32,6 +32,12 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str =
         time.sleep(0.01)
 
 
+def written(path: Path, timeout: float = 10.0) -> str:
+    """The text of ``path`` once someone has written it: it exists, empty, before that."""
+    wait_for(lambda: path.exists() and path.read_text(), timeout, f"{path} to be written")
+    return path.read_text()
+
+
 class OutputReader:
     """Reads a child process's pipe with deadlines, keeping everything read so far."""
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import run_script, start_script, wait_for, wait_gone
+from helpers import run_script, start_script, wait_for, wait_gone, written
 
 import forkpool
 from forkpool import ChildDiedError, ForkPerTaskExecutor, Mold, TaskNotPicklableError
@@ -138,12 +138,13 @@ class TestFreshMold:
         with ForkPerTaskExecutor(2, mold=mold) as ex:
             first = ex.submit(_announce_and_sleep, str(tmp_path / "a"))
             second = ex.submit(_announce_and_sleep, str(tmp_path / "b"))
-            wait_for(lambda: (tmp_path / "a").exists() and (tmp_path / "b").exists(), 20)
+            written(tmp_path / "a", 20)
+            second_pid = int(written(tmp_path / "b", 20))
             assert first.send_signal(signal.SIGUSR1)
             with pytest.raises(ChildDiedError, match="SIGUSR1"):
                 first.result(timeout=20)
             assert second.cancel() or second.done()
-            wait_gone(int((tmp_path / "b").read_text()), 10)
+            wait_gone(second_pid, 10)
 
     def test_rusage_and_memory_limit(self, mold):
         """The child's resource usage comes back from the mold; memory_limit caps it."""
@@ -298,8 +299,7 @@ class TestMoldDeath:
         with Mold(preload=()) as mold, ForkPerTaskExecutor(1, mold=mold) as ex:
             first_pid = mold.pid
             future = ex.submit(_announce_and_sleep, str(tmp_path / "a"))
-            wait_for((tmp_path / "a").exists, 20)
-            child = int((tmp_path / "a").read_text())
+            child = int(written(tmp_path / "a", 20))
             os.kill(first_pid, signal.SIGKILL)
             with pytest.raises(ChildDiedError, match=rf"its mold, pid {first_pid}, died"):
                 future.result(timeout=20)
@@ -370,8 +370,7 @@ def test_the_mold_and_its_children_die_with_the_executors_process(tmp_path):
     script = start_script(_DIES_WITH_ITS_MAKER.replace("sys.argv[1]", repr(str(path))))
     try:
         mold_pid = int(script.stdout.readline())  # type: ignore[union-attr]
-        wait_for(path.exists, 20)
-        child = int(path.read_text())
+        child = int(written(path, 20))
         script.kill()
         script.wait(10)
         wait_gone(mold_pid, 10)

@@ -147,12 +147,14 @@ class Forker:
         touches dozens of pages, and in a process that forks all the time each page
         it touches is a copy-on-write fault. Standard output is flushed now; the
         caller prints nothing after. Returns whether it took effect: not in a
-        process with more than one thread (then every fork keeps the precautions).
+        process with more than one thread, nor while stdout or stderr is a pipe too
+        full to flush into without blocking (then every fork keeps the precautions,
+        which give children fresh streams instead).
         """
         if self._thread_mask is None:
             msg = "Forker.adopt_thread() must be called in the forking thread first"
             raise RuntimeError(msg)
-        if _linux.thread_count() != 1:
+        if _linux.thread_count() != 1 or not (_room_to_flush(1) and _room_to_flush(2)):
             return False
         _flush_stdio()
         self._alone_signals = signals_to_reset()

@@ -380,6 +380,37 @@ def test_the_mold_and_its_children_die_with_the_executors_process(tmp_path):
         script.communicate(timeout=10)
 
 
+_STDOUT_A_FULL_PIPE = """
+import fcntl, os, sys, forkpool
+read_end, write_end = os.pipe()
+os.set_blocking(write_end, False)
+try:
+    while True:
+        os.write(write_end, b"x" * 65536)
+except BlockingIOError:
+    pass
+os.set_blocking(write_end, True)
+report = os.dup(1)
+os.dup2(write_end, 1)
+sys.stdout = open(1, "w", buffering=8192, closefd=False)  # buffered even under -u
+sys.stdout.write("left in the buffer")  # flushing it would block for good
+mold = forkpool.Mold.fork()
+with forkpool.ForkPerTaskExecutor(1, mold=mold) as ex:
+    total = ex.submit(sum, [1, 2]).result(timeout=20)
+mold.close()
+os.write(report, f"{total}\\n".encode())
+os._exit(0)  # not sys.exit: the interpreter's last flush would block too
+"""
+
+
+@pytest.mark.slow  # starts a script (see the noxfile)
+def test_a_mold_whose_stdout_is_a_full_pipe_still_forks():
+    """Unflushed output and a full stdout pipe: the mold does not block on a flush."""
+    completed = run_script(_STDOUT_A_FULL_PIPE, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == "3\n"
+
+
 _FORKED_EARLY_AND_LATE = """
 import threading, warnings, forkpool
 warnings.simplefilter("error")

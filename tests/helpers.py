@@ -297,8 +297,7 @@ def orphan_script(
 
 def read_pids(path: Path) -> dict[str, int]:
     """The pids a task of orphan_script wrote."""
-    wait_for(lambda: path.exists() and path.read_text(), 10, "the task's pids")
-    return json.loads(path.read_text())
+    return json.loads(written(path))
 
 
 class Blob:

@@ -13,7 +13,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 import pytest
-from helpers import is_running, wait_for, wait_gone
+from helpers import is_running, wait_for, wait_gone, written
 
 import forkpool
 from forkpool import ForkPerTaskExecutor, ResultNotPicklableError, TaskTimeoutError
@@ -238,8 +238,7 @@ def _start_sleeper(pid_file: Path) -> None:
 
 
 def _read_pids(pid_file: Path) -> dict[str, int]:
-    wait_for(lambda: pid_file.exists() and pid_file.read_text(), 10, "the inner task's pids")
-    return json.loads(pid_file.read_text())
+    return json.loads(written(pid_file))
 
 
 class TestNestedExecutors:

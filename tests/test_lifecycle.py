@@ -13,7 +13,7 @@ from concurrent.futures import CancelledError, wait
 from typing import TYPE_CHECKING
 
 import pytest
-from helpers import is_running, wait_for, wait_gone
+from helpers import is_running, wait_for, wait_gone, written
 
 import forkpool
 from forkpool import ChildDiedError, ForkPerTaskExecutor, TaskTimeoutError
@@ -70,8 +70,7 @@ class _Finish(Exception):
 
 
 def _read_pid(path: Path) -> int:
-    wait_for(lambda: path.exists() and path.read_text(), 10, f"{path} to be written")
-    return int(path.read_text())
+    return int(written(path))
 
 
 class TestTimeouts:

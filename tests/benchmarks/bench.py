@@ -412,36 +412,32 @@ def targets(results: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
                 )
     small = results["small_parent"]
     small_rate = small["throughput_tasks_per_s"]
-    rows.append(
-        (
-            "small parent: forkpool + mold / bare fork loop",
-            small_rate["forkpool + mold"] / small_rate["bare fork loop"],
-            0.8,
-        )
-    )
     sizes = small["latency_s_by_parent_mib"]
     biggest = max(sizes, key=int)
     latency = sizes[biggest]
-    rows.append(
-        (
-            f"latency at {biggest} MiB parent: forkpool / bare (at most)",
-            latency["forkpool"] / latency["bare fork loop"],
-            1.1,
-        )
-    )
-    rows.append(
-        (
-            f"latency at {biggest} MiB parent: forkpool / forkpool + mold",
-            latency["forkpool"] / latency["forkpool + mold"],
-            15.0,
-        )
-    )
-    rows.append(
-        (
-            f"latency at {biggest} MiB parent: forkpool + mold (ms, at most)",
-            latency["forkpool + mold"] * 1000,
-            3.0,
-        )
+    rows.extend(
+        [
+            (
+                "small parent: forkpool + mold / bare fork loop",
+                small_rate["forkpool + mold"] / small_rate["bare fork loop"],
+                0.8,
+            ),
+            (
+                f"latency at {biggest} MiB parent: forkpool / bare (at most)",
+                latency["forkpool"] / latency["bare fork loop"],
+                1.1,
+            ),
+            (
+                f"latency at {biggest} MiB parent: forkpool / forkpool + mold",
+                latency["forkpool"] / latency["forkpool + mold"],
+                15.0,
+            ),
+            (
+                f"latency at {biggest} MiB parent: forkpool + mold (ms, at most)",
+                latency["forkpool + mold"] * 1000,
+                3.0,
+            ),
+        ]
     )
     rows.append(("Redis commands per task (at most)", results["redis_commands_per_task"], 2.0))
     celery = results["celery"]

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import attrs
 
-from forkpool import _fork, _linux, _procfs
+from forkpool import _fork, _immortal, _linux, _procfs
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -131,10 +131,12 @@ def serve(sock: socket.socket) -> NoReturn:
     # One poll object for good: select.select() would build new lists each time.
     requests = select.poll()
     requests.register(sock, select.POLLIN)
-    # Whatever setup allocated stays put: children's cycle collections skip it. Heap
-    # that setup freed goes back to the OS: each fork copies, and each child's exit
-    # tears down, the page table entries of every page still mapped here.
+    # Whatever setup allocated stays put: children's cycle collections skip it, and
+    # neither they nor this loop copy a page to count a reference to it (see
+    # _immortal). Heap that setup freed goes back to the OS: each fork copies, and
+    # each child's exit tears down, the page table entries of every page still mapped.
     gc.collect()
+    _immortal.make_everything_immortal((sock, forker, children, requests))
     gc.freeze()
     _linux.trim_heap()
     forker.stay_alone()  # one thread, unless the setup started one: then the usual care

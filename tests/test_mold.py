@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -21,7 +22,7 @@ import pytest
 from helpers import run_script, start_script, wait_for, wait_gone, written
 
 import forkpool
-from forkpool import ChildDiedError, ForkPerTaskExecutor, Mold, TaskNotPicklableError
+from forkpool import ChildDiedError, ForkPerTaskExecutor, Mold, TaskNotPicklableError, _immortal
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -285,6 +286,136 @@ class TestMoldWithAThread:
         # The mold did have the thread: without the precautions of a threaded fork,
         # children would inherit the handler's stream locked and hang in the log call.
         assert threads == [2] * 40
+
+
+# What a mold's initializer leaves for its children (see TestImmortalObjects).
+_held: dict[str, object] = {}
+_FLOATS = 50_000
+
+
+def _hold_objects(finalized_marker: str) -> None:
+    """A mold initializer: many small objects, containers to change, and one with __del__."""
+    _held["floats"] = [float(i) for i in range(_FLOATS)]
+    _held["table"] = {f"key{i}": [i] for i in range(1000)}
+    _held["text"] = "mold"
+    _held["finalizable"] = _MarksWhenFinalized(finalized_marker)
+
+
+class _MarksWhenFinalized:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __del__(self) -> None:
+        Path(self.path).write_text("finalized")
+
+
+def _faults_to_sum_the_molds_floats() -> tuple[float, int]:
+    """In a task: the sum of the mold's floats, and the page faults taken to compute it."""
+    import resource  # noqa: PLC0415
+
+    floats = _held["floats"]
+    assert isinstance(floats, list)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    total = sum(floats)  # takes and drops a reference to each float
+    return total, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def _change_the_molds_containers(n: int) -> tuple[int, str, bool]:
+    """In a task: change what the mold holds, then drop the last reference to one object."""
+    table = _held["table"]
+    assert isinstance(table, dict)
+    for i in range(n):
+        table[f"key{i}"].append(i)
+        table[f"new{i}"] = [i] * 3
+        del table[f"key{i + 500}"]
+    _held["text"] = str(_held["text"]) + "+task"  # a new string from an immortal one
+    finalizable = _held.pop("finalizable")
+    immortal = _immortal.is_immortal(finalizable)
+    del finalizable  # the last reference: an immortal object is not finalized
+    return sum(len(value) for value in table.values()), str(_held["text"]), immortal
+
+
+@pytest.fixture(name="holding_mold", scope="module")
+def fixture_holding_mold(tmp_path_factory):
+    """A fresh mold whose initializer made the objects of ``_hold_objects``."""
+    marker = tmp_path_factory.mktemp("immortal") / "finalized"
+    with Mold(preload=(), initializer=_hold_objects, initargs=(str(marker),)) as mold:
+        yield mold, marker
+
+
+@pytest.mark.slow  # starts a fresh interpreter (see the noxfile)
+class TestImmortalObjects:
+    @pytest.mark.skipif(not _immortal.supported(), reason="no immortal objects here")
+    def test_a_child_copies_no_page_to_use_what_the_mold_holds(self, holding_mold):
+        """Summing 50,000 floats the mold made takes a child almost no page faults."""
+        mold, _ = holding_mold
+        with ForkPerTaskExecutor(1, mold=mold) as ex:
+            total, faults = ex.submit(_faults_to_sum_the_molds_floats).result(timeout=30)
+        assert total == sum(float(i) for i in range(_FLOATS))
+        # The floats span about 290 pages (24 bytes each): with reference counts
+        # written, each of those pages would be copied once.
+        assert faults < 40
+        # Only the mold's objects: nothing in this process was touched.
+        assert not _immortal.is_immortal(_held)
+
+    def test_tasks_change_what_the_mold_holds_and_each_starts_from_the_molds_copy(
+        self, holding_mold
+    ):
+        """Tasks changing the mold's containers get one result; immortal objects never finalize."""
+        mold, marker = holding_mold
+        with ForkPerTaskExecutor(2, mold=mold) as ex:
+            results = [ex.submit(_change_the_molds_containers, 200) for _ in range(20)]
+            outcomes = {future.result(timeout=30) for future in results}
+        # 1000 one-item lists, 200 of them grown by one, 200 removed, 200 new of three.
+        assert outcomes == {(1000 + 200 - 200 + 600, "mold+task", _immortal.supported())}
+        # Where the interpreter has no immortal objects (3.11), the task's last
+        # reference did finalize the object, as anywhere else.
+        assert marker.exists() is not _immortal.supported()
+
+
+_FROZEN_HEAP_MODULE = """
+import resource
+
+FLOATS = [float(i) for i in range(50_000)]
+
+
+def faults_to_sum():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    total = sum(FLOATS)
+    return total, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+"""
+
+_FREEZES_THEN_FORKS_A_MOLD = """
+import gc, sys
+sys.path.insert(0, sys.argv[1])
+import forkpool, frozen_heap
+
+gc.freeze()  # as prefork servers do before they fork
+with forkpool.Mold.fork() as mold, forkpool.ForkPerTaskExecutor(1, mold=mold) as ex:
+    total, faults = ex.submit(frozen_heap.faults_to_sum).result(timeout=30)
+print(total == sum(frozen_heap.FLOATS), faults)
+"""
+
+
+@pytest.mark.skipif(not _immortal.supported(), reason="no immortal objects here")
+def test_a_mold_forked_from_a_program_that_froze_its_heap_makes_that_heap_immortal_too(
+    tmp_path,
+):
+    """gc.freeze() before Mold.fork(): the frozen objects are immortal in the mold's children."""
+    (tmp_path / "frozen_heap.py").write_text(_FROZEN_HEAP_MODULE)
+    script = tmp_path / "freezes.py"
+    script.write_text(_FREEZES_THEN_FORKS_A_MOLD)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    correct, faults = done.stdout.split()
+    assert correct == "True"
+    assert int(faults) < 40  # the floats span about 290 pages: none was copied
 
 
 def _comm_group_and_task_id() -> tuple[str, int, int, str | None]:

@@ -99,7 +99,7 @@ def main() -> int:
         results = {
             "modules_loaded": len(sys.modules),
             "throughput_tasks_per_s": measure_throughput(
-                tasks=6 if smoke else 300, rounds=1 if smoke else 5, workers=2, mold=mold
+                tasks=6 if smoke else 300, rounds=1 if smoke else 11, workers=2, mold=mold
             ),
             "latency_s_by_parent_mib": measure_parent_size(
                 [0, 64] if smoke else [0, 512, 2048],

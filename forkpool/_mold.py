@@ -89,8 +89,8 @@ class Mold:
     for the next ones.
 
     Once set up, the mold makes every object it holds immortal (CPython 3.12+), so
-    that its children do not copy its pages to count references: an object a task
-    drops of the mold's is never freed or finalized in the child.
+    that its children do not copy its pages to count references: an object of the
+    mold's that a task drops is never freed or finalized in the child.
     """
 
     def __init__(

@@ -343,7 +343,6 @@ def fixture_holding_mold(tmp_path_factory):
         yield mold, marker
 
 
-@pytest.mark.slow  # starts a fresh interpreter (see the noxfile)
 class TestImmortalObjects:
     @pytest.mark.skipif(not _immortal.supported(), reason="no immortal objects here")
     def test_a_child_copies_no_page_to_use_what_the_mold_holds(self, holding_mold):

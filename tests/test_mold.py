@@ -12,7 +12,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -386,7 +385,7 @@ def faults_to_sum():
 
 _FREEZES_THEN_FORKS_A_MOLD = """
 import gc, sys
-sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, {heap_dir!r})
 import forkpool, frozen_heap
 
 gc.freeze()  # as prefork servers do before they fork
@@ -402,15 +401,7 @@ def test_a_mold_forked_from_a_program_that_froze_its_heap_makes_that_heap_immort
 ):
     """gc.freeze() before Mold.fork(): the frozen objects are immortal in the mold's children."""
     (tmp_path / "frozen_heap.py").write_text(_FROZEN_HEAP_MODULE)
-    script = tmp_path / "freezes.py"
-    script.write_text(_FREEZES_THEN_FORKS_A_MOLD)
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_script(_FREEZES_THEN_FORKS_A_MOLD.format(heap_dir=str(tmp_path)), timeout=60)
     assert done.returncode == 0, done.stderr
     correct, faults = done.stdout.split()
     assert correct == "True"

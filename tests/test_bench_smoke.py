@@ -33,6 +33,7 @@ def test_bench_smoke(tmp_path):
         "latency",
         "a fresh interpreter",
         "Celery workers",
+        "the floor of a fresh process per task",
     )
     for section in (*sections, "targets:"):
         assert section in result.stdout

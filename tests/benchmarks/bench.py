@@ -507,6 +507,9 @@ def print_report(results: dict[str, Any]) -> None:
     print(f"\nCelery workers, -c {celery['concurrency']} (ms per no-op task, median of bursts):")
     for name, ms in celery["per_task_ms"].items():
         print(f"  {name:<42} {ms:9.2f}")
+    print("the floor of a fresh process per task (the app's process forked, no worker):")
+    for name, ms in celery["floor_ms"].items():
+        print(f"  {name:<42} {ms:9.2f}  ({ms / celery['per_task_ms']['prefork']:.2f} x prefork)")
     print(
         f"Celery worker tree RSS around {celery['heavy_tasks']} tasks keeping"
         f" {celery['heavy_mib']} MiB each (MiB):"

@@ -14,14 +14,20 @@ processes for tasks, on the bench's own Valkey as broker and result backend:
   process (``base=forkpool.celery.ForkedTask``).
 
 Per-task cost: a burst of no-op tasks sent at once, from the first send to the
-last result, over the number of tasks; rounds interleave the contenders. Memory:
+last result, over the number of tasks; rounds interleave the contenders. Beside
+them, the floor of any pool that runs each task in a fresh process storing its own
+result: the app's process forked two at a time, each child storing a result and
+exiting (``celery_floor.py``, in a fresh interpreter). Memory:
 the worker's whole process tree (resident), before and after heavy tasks that each
 keep a block of memory alive in the process that ran them, as a leaky cache would.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +37,7 @@ from celery_worker import CeleryWorker
 from helpers import descendants, is_running, wait_for
 
 CONCURRENCY = 2
+FLOOR = Path(__file__).resolve().parent / "celery_floor.py"
 # How long a worker's processes must stay the same to count as settled (seconds).
 SETTLED_FOR = 1.0
 # (label, the worker's pool, where ForkPool forks from, the no-op task, the heavy task)
@@ -46,7 +53,14 @@ CONTENDERS = [
 def measure_celery(
     url: str, *, tasks: int, rounds: int, heavy_tasks: int, heavy_mib: int
 ) -> dict[str, Any]:
-    """Per-task milliseconds and tree RSS (MiB) before and after the heavy tasks."""
+    """Per-task milliseconds, the fresh-process floor, and tree RSS (MiB) around heavy tasks."""
+    floor = subprocess.run(
+        [sys.executable, str(FLOOR), url, str(tasks * 2), str(rounds)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     with tempfile.TemporaryDirectory(prefix="forkpool-bench-celery-") as workdir:
         workers = {
             label: CeleryWorker(
@@ -85,6 +99,7 @@ def measure_celery(
         "per_task_ms": {
             label: statistics.median(times) / tasks * 1000 for label, times in seconds.items()
         },
+        "floor_ms": json.loads(floor.stdout),
         "tree_rss_mib": memory,
     }
 

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from forkpool._cli import CliError, collect_rows, plural, render_table
 from forkpool._executor import ForkPerTaskExecutor
 from forkpool._redis import client_from_url, redact
+from forkpool._report import CliError, collect_rows, plural, render_table
 from forkpool._tracking import default_host
 
 if TYPE_CHECKING:

@@ -25,8 +25,8 @@ from helpers import (
 
 import forkpool
 from forkpool import ForkPerTaskExecutor
-from forkpool._cli import plural
 from forkpool._entry import Keys
+from forkpool._report import plural
 
 pytestmark = pytest.mark.redis
 

@@ -21,9 +21,13 @@ def double(x: int) -> int:
     return x * 2
 
 
-def bare_fork_loop(n: int, workers: int) -> list[int]:
-    """The floor: fork + pipe + waitpid, at most ``workers`` at once, nothing else."""
-    results: list[int] = [0] * n
+def bare_fork_loop(n: int, workers: int, work: Callable[[int], object] = double) -> list[Any]:
+    """The floor: fork + pipe + waitpid, at most ``workers`` at once, nothing else.
+
+    Child ``i`` sends back ``work(i)`` pickled; one that sends nothing (``work``
+    raised) fails the loop.
+    """
+    results: list[Any] = [None] * n
     running: dict[int, tuple[int, int]] = {}
     selector = selectors.DefaultSelector()
     submitted = 0
@@ -32,8 +36,10 @@ def bare_fork_loop(n: int, workers: int) -> list[int]:
             read_fd, write_fd = os.pipe()
             pid = os.fork()
             if pid == 0:
-                os.write(write_fd, pickle.dumps(double(submitted)))
-                os._exit(0)
+                try:
+                    os.write(write_fd, pickle.dumps(work(submitted)))
+                finally:
+                    os._exit(0)
             os.close(write_fd)
             running[pid] = (read_fd, submitted)
             selector.register(read_fd, selectors.EVENT_READ, pid)
@@ -44,6 +50,9 @@ def bare_fork_loop(n: int, workers: int) -> list[int]:
             selector.unregister(read_fd)
             os.close(read_fd)
             os.waitpid(key.data, 0)
+            if not data:
+                msg = f"child {key.data} of the bare fork loop sent nothing back"
+                raise AssertionError(msg)
             results[index] = pickle.loads(data)  # noqa: S301 - our own child's bytes
     return results
 

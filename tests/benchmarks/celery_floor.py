@@ -5,7 +5,7 @@ result backend, sets the app up as ForkPool's mold does (the same ``prepare``, i
 objects made immortal and frozen), then forks TASKS children two at a time, as a
 ``-c 2`` worker runs them, each reaped when it is done, in two ways:
 
-- ``fork, exit``: the child exits at once;
+- ``fork, exit``: the child sends back ``None`` and exits;
 - ``fork, store result, exit``: the child stores a result through the app's backend,
   on a connection of its own (a fork cannot share its parent's), as every task's
   child of a pool that forks per task must.
@@ -17,57 +17,19 @@ one JSON object: milliseconds per task, median of the rounds.
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
-import selectors
 import statistics
 import sys
-import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from basics import bare_fork_loop, interleaved
 
 TESTS = Path(__file__).resolve().parent.parent
 WORKERS = 2
-
-
-def forks(tasks: int, body: Callable[[], object]) -> float:
-    """Seconds for ``tasks`` children, ``WORKERS`` at a time, each running ``body``."""
-    selector = selectors.DefaultSelector()
-    running: dict[int, int] = {}
-    started = time.perf_counter()
-    forked = done = 0
-    while done < tasks:
-        while forked < tasks and len(running) < WORKERS:
-            read_fd, write_fd = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                status = 1
-                try:
-                    body()
-                    os.write(write_fd, b"ok")
-                    status = 0
-                finally:
-                    os._exit(status)
-            os.close(write_fd)
-            running[pid] = read_fd
-            selector.register(read_fd, selectors.EVENT_READ, pid)
-            forked += 1
-        for key, _ in selector.select():
-            read_fd = running.pop(key.data)
-            said = os.read(read_fd, 2)
-            selector.unregister(read_fd)
-            os.close(read_fd)
-            _, status = os.waitpid(key.data, 0)
-            if said != b"ok" or status != 0:
-                msg = f"a child failed (status {status}, said {said!r})"
-                raise AssertionError(msg)
-            done += 1
-    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -86,14 +48,17 @@ def main() -> None:
     gc.freeze()
     prefix = f"forkpool-floor-{uuid.uuid4().hex[:8]}"
 
-    def store() -> None:
-        app.backend.store_result(f"{prefix}-{os.getpid()}", None, "SUCCESS")
+    def store(index: int) -> None:
+        app.backend.store_result(f"{prefix}-{index}", None, "SUCCESS")
 
-    cases = {"fork, exit": lambda: None, "fork, store result, exit": store}
-    seconds: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, body in cases.items():
-            seconds[name].append(forks(tasks, body))
+    cases = {"fork, exit": lambda index: None, "fork, store result, exit": store}
+    seconds = interleaved(
+        {
+            name: functools.partial(bare_fork_loop, tasks, WORKERS, work)
+            for name, work in cases.items()
+        },
+        rounds,
+    )
     print(
         json.dumps(
             {name: statistics.median(times) / tasks * 1000 for name, times in seconds.items()}
